@@ -103,7 +103,7 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     include_dirs = [os.path.join(ROOT, "csrc")]
     define_macros = []
-    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fno-math-errno"]
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
     extra_link_args = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -114,7 +114,7 @@ def _extension():
             ("WITH_CUDA", None),
             ("DSP_MONAI_CUDA_ARCHS", _arch_digits(os.environ["TORCH_CUDA_ARCH_LIST"])),
         ]
-        nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             "dsp_monai._C",
             sources,

@@ -1,0 +1,20 @@
+"""Loads the compiled library ``dsp_monai._C`` and reports what it was built with."""
+
+import json
+
+import torch
+
+try:
+    from .. import _C  # noqa: F401  (importing registers the torch.ops.dsp_monai operators)
+except ImportError as error:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "dsp_monai's compiled operators (dsp_monai._C) are not built. From the repository root run "
+        "`make build` (or `pip install --no-build-isolation -e .`); set FORCE_CUDA=1 to include the CUDA kernels. "
+        f"Original error: {error}"
+    ) from error
+
+
+def build_info() -> dict:
+    """What the loaded binary contains: ``{"cpu": bool, "cuda": bool, "cuda_version": str | None,
+    "cuda_archs": [str], "openmp": bool, ...}``."""
+    return json.loads(torch.ops.dsp_monai._build_info())
