@@ -103,17 +103,16 @@ def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "**", "*.cpp"), recursive=True))
     include_dirs = [os.path.join(ROOT, "csrc")]
     define_macros = []
-    cxx_flags = ["-O3", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
     if sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")
     extra_link_args = ["-fopenmp"] if sys.platform.startswith("linux") else []
     if WITH_CUDA:
         sources += sorted(glob.glob(os.path.join("csrc", "**", "*.cu"), recursive=True))
         include_dirs += _nvidia_wheel_includes()
-        define_macros += [
-            ("WITH_CUDA", None),
-            ("DSP_MONAI_CUDA_ARCHS", _arch_digits(os.environ["TORCH_CUDA_ARCH_LIST"])),
-        ]
+        define_macros.append(("WITH_CUDA", None))
+        # Only the C++ compiler sees the arch list: nvcc would split the comma-separated value.
+        cxx_flags.append("-DDSP_MONAI_CUDA_ARCHS=" + _arch_digits(os.environ["TORCH_CUDA_ARCH_LIST"]))
         nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         return CUDAExtension(
             "dsp_monai._C",
@@ -142,5 +141,22 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-image>=0.22",
+        "monai>=1.4",
+        "pytorch-ignite>=0.4.11",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "tensorboard>=2.15",
+        "matplotlib>=3.8",
+        "pillow>=10",
+        "tifffile>=2024.1",
+        "zarr>=2.18",
+        "nibabel>=5.2",
+    ],
+    extras_require={"itk": ["itk>=5.4", "pynrrd>=1.0"], "test": ["pytest>=8"]},
     zip_safe=False,
 )

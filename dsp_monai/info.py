@@ -27,7 +27,11 @@ def describe() -> str:
             lines.append(f"CUDA kernels  yes (CUDA {info['cuda_version']}, arch {';'.join(info['cuda_archs'])})")
         else:
             lines.append("CUDA kernels  no (rebuild with FORCE_CUDA=1 to include them)")
-        ops = sorted(name for name in dir(torch.ops.dsp_monai) if not name.startswith("_"))
+        ops = sorted(
+            name.split("::", 1)[1]
+            for name in torch._C._dispatch_get_all_op_names()
+            if name.startswith("dsp_monai::") and not name.startswith("dsp_monai::_")
+        )
         lines.append(f"operators     {', '.join(ops)}")
     if torch.cuda.is_available():
         names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

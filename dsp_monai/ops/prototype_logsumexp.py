@@ -129,6 +129,18 @@ def _backward(ctx, grad_logits, grad_log_z):
 torch.library.register_autograd("dsp_monai::prototype_logsumexp", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, grad_embeddings, grad_prototypes):
+    raise RuntimeError(
+        "prototype_logsumexp: double backward (gradients of gradients) is not supported; compute the first "
+        "gradient without create_graph=True"
+    )
+
+
+torch.library.register_autograd(
+    "dsp_monai::prototype_logsumexp_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
 def prototype_logsumexp(
     embeddings: torch.Tensor,
     prototypes: torch.Tensor,

@@ -1,0 +1,40 @@
+# Set-up and everyday commands. Each target creates the virtual environment it needs (.venv) on first use.
+#   make run    the main job (see README)            make test   the test suite
+#   make build  (re)compile the extension            make bench  all benchmarks -> benchmarks/RESULTS.md
+# The checkout is put on the environment's path (a .pth file) and the extension is built in place, incrementally.
+# FORCE_CUDA=1 compiles the CUDA kernels even without a visible GPU (CI does); FORCE_CUDA=0 forbids them.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1
+STAMP := $(VENV)/.deps-installed
+
+.PHONY: run test build bench info clean
+
+$(STAMP): requirements.txt setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -c "import pathlib, sysconfig; pathlib.Path(sysconfig.get_paths()['purelib'], 'dsp_monai-checkout.pth').write_text('$(CURDIR)\n')"
+	touch $(STAMP)
+
+build: $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+	$(PY) -m dsp_monai.info
+
+test: build
+	$(PY) -m pytest
+
+run: build
+	$(PY) benchmarks/bench_prototype_logsumexp.py
+
+bench: build
+	$(PY) benchmarks/bench_prototype_logsumexp.py
+
+info: $(STAMP)
+	$(PY) -m dsp_monai.info
+
+clean:
+	rm -rf build dsp_monai/_C*.so *.egg-info

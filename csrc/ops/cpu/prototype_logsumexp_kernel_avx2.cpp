@@ -1,0 +1,24 @@
+// The AVX2 + FMA build of the prototype_logsumexp CPU kernels (prototype_logsumexp_kernel_impl.h). Every library
+// header is included before the target switch, so only the kernels themselves use the wider instructions, and
+// prototype_logsumexp_kernel.cpp calls them only on processors that have AVX2 and FMA.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include "ops/prototype_logsumexp.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define DSP_CPU_ISA avx2
+#include "ops/cpu/prototype_logsumexp_kernel_impl.h"
+#undef DSP_CPU_ISA
+#pragma GCC pop_options
+#endif
