@@ -1,0 +1,233 @@
+"""Ignite / MONAI handlers of the training workflow: reproducible epochs, resumable checkpoints, the run summary
+and prediction overlays."""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+__all__ = [
+    "EpochSeeder",
+    "PredictionOverlays",
+    "ProgressBar",
+    "RandomStates",
+    "RunSummary",
+    "latest_checkpoint",
+    "overlay",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class RandomStates:
+    """The random generators (python, numpy, torch CPU and CUDA) as a checkpointable object with
+    ``state_dict`` / ``load_state_dict``, so a resumed run draws the same numbers as an uninterrupted one."""
+
+    def state_dict(self) -> dict:
+        state = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(folder: str, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
+    """The checkpoint of the highest epoch in ``folder`` (MONAI CheckpointSaver's names), or None."""
+    found = []
+    for path in glob.glob(os.path.join(folder, pattern)):
+        match = re.search(r"epoch=(\d+)", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+class EpochSeeder:
+    """At the start of every epoch, seeds everything random from ``(seed, epoch)``: the global generators, the
+    dataset's random transforms and the sampler. Each epoch's augmentation and batch order are then a function of the
+    seed and the epoch alone, whatever happened before (a resumed run repeats them exactly).
+
+    Args:
+        seed: base seed.
+        dataset: a dataset whose transforms get ``set_random_state`` (MONAI Dataset / CacheDataset), or None.
+        sampler: a sampler with ``set_epoch`` (StratifiedAnnotationSampler, DistributedSampler), or None.
+        rank: the process rank (distributed runs draw different augmentations per rank).
+    """
+
+    def __init__(self, seed: int = 0, dataset=None, sampler=None, rank: int = 0) -> None:
+        self.seed, self.dataset, self.sampler, self.rank = int(seed), dataset, sampler, int(rank)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch_seed = (self.seed * 100_003 + engine.state.epoch * 1_009 + self.rank) % (2**31 - 1)
+        random.seed(epoch_seed)
+        np.random.seed(epoch_seed)
+        torch.manual_seed(epoch_seed)
+        if self.dataset is not None and hasattr(self.dataset, "set_random_state"):
+            self.dataset.set_random_state(seed=epoch_seed)
+        if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(engine.state.epoch)
+
+
+class RunSummary:
+    """Writes ``metrics.json`` in ``output_dir`` when training completes (and after every validation): the best
+    and last validation Dice per class, epochs, iterations and time; logs the best validation Dice.
+
+    Args:
+        output_dir: where the JSON goes.
+        evaluator: the validation engine (its metrics are read).
+        metric_name: the key validation metric (a :class:`~dsp_monai.engines.metrics.ClassDice`).
+        extra: anything else to record (the experiment's parameters).
+    """
+
+    def __init__(self, output_dir: str, evaluator: Engine, metric_name: str = "val_mean_dice", extra=None) -> None:
+        self.output_dir, self.evaluator, self.metric_name = output_dir, evaluator, metric_name
+        self.extra = dict(extra or {})
+        self.best: dict | None = None
+        self.start = time.time()
+
+    def attach(self, trainer: Engine) -> None:
+        self.evaluator.add_event_handler(Events.COMPLETED, self._validated, trainer)
+        trainer.add_event_handler(Events.COMPLETED, self._write, True)
+
+    def _validated(self, evaluator: Engine, trainer: Engine) -> None:
+        value = evaluator.state.metrics.get(self.metric_name)
+        per_class = evaluator.state.metrics.get(f"{self.metric_name}_per_class", {})
+        last = {"epoch": trainer.state.epoch, "mean": value, "per_class": per_class}
+        if self.best is None or (value is not None and value > self.best["mean"]):
+            self.best = last
+        self._write(trainer, False, last)
+
+    def _write(self, trainer: Engine, final: bool, last: dict | None = None) -> None:
+        path = os.path.join(self.output_dir, "metrics.json")
+        previous = {}
+        if os.path.exists(path):
+            with open(path) as handle:
+                previous = json.load(handle)
+        if self.best is None and "best_validation" in previous:
+            self.best = previous["best_validation"]
+        summary = {
+            **previous,
+            **self.extra,
+            "epochs": trainer.state.epoch,
+            "iterations": trainer.state.iteration,
+            "finished": final,
+            "best_validation": self.best,
+        }
+        if last is not None:
+            summary["last_validation"] = last
+        summary["seconds"] = previous.get("seconds", 0.0) + (time.time() - self.start)
+        self.start = time.time()
+        os.makedirs(self.output_dir, exist_ok=True)
+        with open(path + ".tmp", "w") as handle:
+            json.dump(summary, handle, indent=1)
+        os.replace(path + ".tmp", path)
+        if final and self.best is not None:
+            logger.info(
+                "training finished: best validation mean Dice %.4f at epoch %d (%s)",
+                self.best["mean"], self.best["epoch"],
+                ", ".join(f"{k} {v:.3f}" for k, v in self.best["per_class"].items() if v is not None),
+            )
+
+
+def _palette(num_classes: int) -> np.ndarray:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"].resampled(max(num_classes, 2))
+    return (np.array([cmap(i)[:3] for i in range(num_classes)]) * 255).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, ignore_index: int = 255,
+            alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 picture of a 2D grey image (H, W, values in [0, 1]) with a label map coloured over it
+    (``ignore_index`` and out-of-range values left uncoloured)."""
+    grey = np.clip(image, 0.0, 1.0)
+    rgb = np.repeat((grey * 255).astype(np.float32)[..., None], 3, axis=2)
+    colours = _palette(num_classes).astype(np.float32)
+    known = (labels >= 0) & (labels < num_classes) & (labels != ignore_index)
+    rgb[known] = (1 - alpha) * rgb[known] + alpha * colours[labels[known]]
+    return rgb.astype(np.uint8)
+
+
+class PredictionOverlays:
+    """After each validation, writes to TensorBoard one picture per image of the first validation batch: image,
+    label overlay, prediction overlay side by side (2D images; the middle slice of 3D ones).
+
+    Args:
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter``.
+        num_classes: C.
+        trainer: the training engine (its epoch is the TensorBoard step), or None.
+        max_images: images of the first batch to show.
+        tag: TensorBoard tag prefix.
+    """
+
+    def __init__(self, summary_writer, num_classes: int, trainer: Engine | None = None, max_images: int = 4,
+                 tag: str = "validation/overlay") -> None:
+        self.writer, self.num_classes, self.trainer = summary_writer, num_classes, trainer
+        self.max_images, self.tag = max_images, tag
+
+    def attach(self, evaluator: Engine) -> None:
+        # Each validation run restarts the evaluator's iteration count, so this fires once per validation.
+        evaluator.add_event_handler(Events.ITERATION_COMPLETED(once=1), self._capture)
+
+    def _capture(self, evaluator: Engine) -> None:
+        from dsp_monai.engines.metrics import dice_output_transform
+
+        preds, labels = dice_output_transform(evaluator.state.output)
+        images = evaluator.state.output
+        images = torch.stack([o["image"] for o in images]) if isinstance(images, list) else images["image"]
+        step = self.trainer.state.epoch if self.trainer is not None else evaluator.state.epoch
+        for i in range(min(self.max_images, preds.shape[0])):
+            image, label, pred = images[i, 0], labels[i, 0], preds[i, 0]
+            if image.dim() == 3:
+                middle = image.shape[0] // 2
+                image, label, pred = image[middle], label[middle], pred[middle]
+            picture = np.concatenate(
+                [
+                    overlay(image.float().cpu().numpy(), np.full(tuple(label.shape), -1), self.num_classes),
+                    overlay(image.float().cpu().numpy(), label.cpu().numpy(), self.num_classes),
+                    overlay(image.float().cpu().numpy(), pred.cpu().numpy(), self.num_classes),
+                ],
+                axis=1,
+            )
+            self.writer.add_image(f"{self.tag}/{i}", picture, step, dataformats="HWC")
+
+
+class ProgressBar:
+    """A tqdm progress bar over each epoch's iterations showing the running loss (ignite's ProgressBar, attachable
+    from a bundle config, which calls ``attach(engine)`` only).
+
+    Args:
+        persist: keep each epoch's bar on screen when it ends.
+        loss_key: the engine output's loss entry.
+    """
+
+    def __init__(self, persist: bool = False, loss_key: str = "loss") -> None:
+        from ignite.handlers import ProgressBar as IgniteProgressBar
+
+        self.bar = IgniteProgressBar(persist=persist)
+        self.loss_key = loss_key
+
+    def attach(self, engine: Engine) -> None:
+        self.bar.attach(engine, output_transform=lambda output: {self.loss_key: float(output[self.loss_key])})
