@@ -42,6 +42,7 @@ __all__ = [
     "prepare_experiment",
     "training_transforms",
     "evaluation_transforms",
+    "inference_transforms",
 ]
 
 logger = logging.getLogger(__name__)
@@ -248,6 +249,17 @@ def training_transforms(
     random.append(mt.EnsureTyped("label", dtype="int64"))
     random = mt.Compose(random)
     return (deterministic, random) if cache else mt.Compose([*deterministic.transforms, *random.transforms])
+
+
+def inference_transforms(class_names: Sequence[str], intensity_range: Sequence[float] = (0.0, 255.0)) -> mt.Compose:
+    """Load (image only) -> channel first -> intensity scaling, for segmenting new images."""
+    low, high = intensity_range
+    return mt.Compose([
+        mt.LoadImaged("image", reader=MultiFormatReader(class_names=class_names), image_only=True),
+        mt.EnsureChannelFirstd("image", channel_dim="no_channel"),
+        mt.ScaleIntensityRanged("image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        mt.EnsureTyped("image", dtype="float32"),
+    ])
 
 
 def evaluation_transforms(class_names: Sequence[str], intensity_range: Sequence[float] = (0.0, 255.0)) -> mt.Compose:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from dsp_monai.engines.metrics import per_class_from_metrics
+
 __all__ = [
     "EpochSeeder",
     "PredictionOverlays",
@@ -113,7 +115,7 @@ class RunSummary:
 
     def _validated(self, evaluator: Engine, trainer: Engine) -> None:
         value = evaluator.state.metrics.get(self.metric_name)
-        per_class = evaluator.state.metrics.get(f"{self.metric_name}_per_class", {})
+        per_class = per_class_from_metrics(evaluator.state.metrics, self.metric_name)
         last = {"epoch": trainer.state.epoch, "mean": value, "per_class": per_class}
         if self.best is None or (value is not None and value > self.best["mean"]):
             self.best = last

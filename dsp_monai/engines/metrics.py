@@ -9,7 +9,7 @@ from monai.handlers import IgniteMetricHandler
 from monai.metrics import DiceMetric
 from monai.utils import CommonKeys as Keys
 
-__all__ = ["ClassDice", "dice_output_transform", "summarise_dice"]
+__all__ = ["ClassDice", "dice_output_transform", "per_class_from_metrics", "summarise_dice"]
 
 
 def dice_output_transform(output):
@@ -36,9 +36,16 @@ def summarise_dice(per_class: torch.Tensor, present: torch.Tensor, class_names: 
     return {"mean": sum(scored) / len(scored) if scored else float("nan"), "per_class": values}
 
 
+def per_class_from_metrics(metrics: dict, name: str) -> dict:
+    """The per-class Dice a :class:`ClassDice` named ``name`` stored in an engine's metrics, None for absent classes."""
+    values = metrics.get(f"{name}_per_class", {})
+    return {k: (None if v is None or v != v else float(v)) for k, v in values.items()}
+
+
 class ClassDice(IgniteMetricHandler):
     """Mean Dice over classes (each class averaged over the images where it is present), with the per-class values
-    stored in ``engine.state.metrics["<name>_per_class"]`` (a dict name -> Dice or None).
+    stored in ``engine.state.metrics["<name>_per_class"]`` (a dict name -> Dice, NaN for a class absent from every
+    label; :func:`per_class_from_metrics` turns NaN into None).
 
     Args:
         class_names: the classes, in id order; labels equal to ``ignore_index`` are excluded.
@@ -65,4 +72,7 @@ class ClassDice(IgniteMetricHandler):
 
     def completed(self, engine, name) -> None:
         super().completed(engine, name)
-        engine.state.metrics[f"{name}_per_class"] = dict(self.summary["per_class"])
+        # NaN (not None) for absent classes, so metric printers and TensorBoard take every entry as a number.
+        engine.state.metrics[f"{name}_per_class"] = {
+            k: (float("nan") if v is None else v) for k, v in self.summary["per_class"].items()
+        }
