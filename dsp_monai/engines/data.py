@@ -21,6 +21,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from monai import transforms as mt
 
 from dsp_monai.data.datalist import load_datalist
@@ -38,6 +39,7 @@ from dsp_monai.transforms.weak_labels import DeriveWeakLabelsd
 
 __all__ = [
     "FillMissingLabeld",
+    "check_images",
     "infer_annotation_type",
     "prepare_experiment",
     "training_transforms",
@@ -89,6 +91,7 @@ def prepare_experiment(
     training_types: Sequence[str] | None = None,
     split_file: str = "split.json",
     num_classes: int | None = None,
+    spatial_dims: int | None = None,
 ) -> dict:
     """The items of one experiment: ``{"training", "validation", "test": [items], "class_names": [...]}``.
 
@@ -106,13 +109,16 @@ def prepare_experiment(
             U-Net baseline); None keeps all.
         split_file: file name of the split written in ``output_dir``.
         num_classes: the class count the configuration expects; checked against the datalist's ``class_names``.
+        spatial_dims: the network's spatial dimensionality; the first image (and label) of every part is read and
+            checked against it before training starts.
 
     Returns:
         dict with the three item lists and the class names.
 
     Raises:
         ValueError: for a pool without an ACR, an empty part, a split file written by different parameters, or a
-            class count that differs from the datalist's.
+            class count that differs from the datalist's, or images of another dimensionality than
+            ``spatial_dims`` or whose label has another shape.
     """
     parameters = _experiment_key(
         datalist=os.path.abspath(datalist), acr=acr, weak_types=weak_types, split_index=split_index,
@@ -129,7 +135,9 @@ def prepare_experiment(
             )
         logger.info("using the experiment items of %s", path)
         _check_num_classes(datalist, saved["class_names"], num_classes)
-        return {key: saved[key] for key in ("training", "validation", "test", "class_names")}
+        result = {key: saved[key] for key in ("training", "validation", "test", "class_names")}
+        check_images(result, spatial_dims, datalist)
+        return result
 
     with open(datalist) as handle:
         content = json.load(handle)
@@ -159,8 +167,9 @@ def prepare_experiment(
         if not part_items:
             raise ValueError(f"the {part} part of the experiment on {datalist} is empty (parameters {parameters})")
     result = {**parts, "class_names": list(class_names)}
+    check_images(result, spatial_dims, datalist)
     os.makedirs(output_dir, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as handle:
         json.dump({"parameters": parameters, **result}, handle, indent=1)
     os.replace(tmp, path)
@@ -173,6 +182,41 @@ def prepare_experiment(
         len(parts["test"]), path,
     )
     return result
+
+
+def _spatial_shape(path: str, reader: MultiFormatReader) -> tuple:
+    array, meta = reader.get_data(reader.read(path))
+    shape = tuple(int(s) for s in np.shape(array))
+    channel = meta.get("original_channel_dim", float("nan"))
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        shape = shape[:channel] + shape[channel + 1 :]
+    return shape
+
+
+def check_images(experiment: Mapping, spatial_dims: int | None, datalist: str) -> None:
+    """Reads the first item of every part and checks that its image has ``spatial_dims`` spatial axes and that its
+    label, if any, has the image's spatial shape; raises a ValueError naming the datalist, part, item and path."""
+    if spatial_dims is None:
+        return
+    reader = MultiFormatReader(class_names=experiment["class_names"])
+    for part in ("training", "validation", "test"):
+        if not experiment.get(part):
+            continue
+        item = experiment[part][0]
+        shape = _spatial_shape(item["image"], reader)
+        if len(shape) != int(spatial_dims):
+            raise ValueError(
+                f"{datalist}: {part} item 0 ({item['image']}) is a {len(shape)}D image of spatial shape {list(shape)}, "
+                f"but the network expects {spatial_dims}D images (spatial_dims: {spatial_dims}); cut 2D slices "
+                "(zarr: ?axis=z&index=..) or use a 3D configuration"
+            )
+        if item.get("label") is not None:
+            label_shape = _spatial_shape(item["label"], reader)
+            if label_shape != shape:
+                raise ValueError(
+                    f"{datalist}: {part} item 0: the label {item['label']} has spatial shape {list(label_shape)} but "
+                    f"the image {item['image']} has {list(shape)}; they must match"
+                )
 
 
 class FillMissingLabeld(mt.MapTransform):

@@ -36,9 +36,12 @@ class RandomStates:
     ``state_dict`` / ``load_state_dict``, so a resumed run draws the same numbers as an uninterrupted one."""
 
     def state_dict(self) -> dict:
+        # Tensors and plain lists only, so checkpoints load with torch.load(weights_only=True).
+        version, internal, gauss = random.getstate()
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
         state = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "python": [version, list(internal), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
             "torch": torch.get_rng_state(),
         }
         if torch.cuda.is_available():
@@ -46,8 +49,10 @@ class RandomStates:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
         torch.set_rng_state(state["torch"])
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
@@ -86,8 +91,14 @@ class EpochSeeder:
         random.seed(epoch_seed)
         np.random.seed(epoch_seed)
         torch.manual_seed(epoch_seed)
-        if self.dataset is not None and hasattr(self.dataset, "set_random_state"):
-            self.dataset.set_random_state(seed=epoch_seed)
+        if self.dataset is not None:
+            target = self.dataset if hasattr(self.dataset, "set_random_state") else getattr(self.dataset, "transform", None)
+            if target is None or not hasattr(target, "set_random_state"):
+                raise TypeError(
+                    f"EpochSeeder: cannot seed the random transforms of {type(self.dataset).__name__}; expected a "
+                    "dataset (or a dataset.transform) with set_random_state, such as monai.data.Dataset with a Compose"
+                )
+            target.set_random_state(seed=epoch_seed)
         if self.sampler is not None and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(engine.state.epoch)
 
