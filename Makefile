@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Each target creates the virtual environment it needs (.venv) on first use.
-#   make run    the main job (see README)            make test   the test suite
+#   make run    train DSP on the default data         make test   the test suite
 #   make build  (re)compile the extension            make bench  all benchmarks -> benchmarks/RESULTS.md
 # The checkout is put on the environment's path (a .pth file) and the extension is built in place, incrementally.
 # FORCE_CUDA=1 compiles the CUDA kernels even without a visible GPU (CI does); FORCE_CUDA=0 forbids them.
@@ -28,10 +28,13 @@ test: build
 	$(PY) -m pytest
 
 run: build
-	$(PY) benchmarks/bench_prototype_logsumexp.py
+	$(PY) -m monai.bundle run training --config_file bundle/configs/train.yaml
 
 bench: build
 	$(PY) benchmarks/bench_prototype_logsumexp.py
+	$(PY) benchmarks/bench_dsp_loss.py
+	$(PY) benchmarks/bench_geodesic.py
+	$(PY) benchmarks/bench_data.py
 
 info: $(STAMP)
 	$(PY) -m dsp_monai.info

@@ -261,7 +261,6 @@ def training_transforms(
     rotate90_prob: float = 0.5,
     strong_view: bool = True,
     views: Mapping | None = None,
-    cache: bool = True,
 ) -> mt.Compose:
     """Load -> intensity scaling -> valid mask -> random flips / quarter turns -> pad and random crop to
     ``roi_size`` -> weak labels of each item's annotation type -> weak / strong views.
@@ -274,14 +273,13 @@ def training_transforms(
         rotate90_prob: probability of a random quarter turn.
         strong_view: add ``image_strong`` (FixMatch-style strong augmentation); off for the masks-only baseline.
         views: keyword arguments of :class:`~dsp_monai.transforms.views.WeakStrongViewsd`.
-        cache: return the chain split into its deterministic and random parts, as ``(deterministic, random)``,
-            for a :class:`monai.data.CacheDataset`.
 
     Returns:
-        The transform chain (or the pair of chains when ``cache``).
+        One flat chain; a :class:`monai.data.CacheDataset` caches its deterministic prefix (up to the first random
+        transform), so images are read and scaled once.
     """
-    deterministic = mt.Compose([*_loading(class_names, intensity_range), AddValidMaskd("image")])
-    random = [
+    chain = [*_loading(class_names, intensity_range), AddValidMaskd("image")]
+    chain += [
         AnnotatedRandFlipd(prob=flip_prob),
         AnnotatedRandRotate90d(prob=rotate90_prob),
         AnnotatedSpatialPadd(roi_size),
@@ -289,10 +287,9 @@ def training_transforms(
         DeriveWeakLabelsd("label"),
     ]
     if strong_view:
-        random.append(WeakStrongViewsd("image", **dict(views or {})))
-    random.append(mt.EnsureTyped("label", dtype="int64"))
-    random = mt.Compose(random)
-    return (deterministic, random) if cache else mt.Compose([*deterministic.transforms, *random.transforms])
+        chain.append(WeakStrongViewsd("image", **dict(views or {})))
+    chain.append(mt.EnsureTyped("label", dtype="int64"))
+    return mt.Compose(chain)
 
 
 def inference_transforms(class_names: Sequence[str], intensity_range: Sequence[float] = (0.0, 255.0)) -> mt.Compose:
