@@ -195,7 +195,7 @@ __global__ void __launch_bounds__(kBwdThreads)
                     const acc_t* __restrict__ gself, const acc_t* __restrict__ lself,
                     scalar_t* __restrict__ grad_emb, acc_t* __restrict__ grad_partial, int64_t total, int64_t n,
                     int dim, int classes) {
-  extern __shared__ unsigned char smem_raw[];
+  extern __shared__ __align__(16) unsigned char smem_raw[];
   acc_t* stage_f = reinterpret_cast<acc_t*>(smem_raw);  // [dim][kPitch]: the block's embeddings
   acc_t* stage_ds = stage_f + dim * kPitch;              // [classes][kPitch]: d loss / d s, times inv
   const int t = threadIdx.x;
