@@ -110,6 +110,25 @@ BackwardConstants make_backward_constants(const at::Tensor& log_z, const std::op
   return k;
 }
 
+BackwardProblem make_backward_problem(const std::optional<at::Tensor>& grad_logits,
+                                      const std::optional<at::Tensor>& grad_log_z, const at::Tensor& embeddings,
+                                      const at::Tensor& prototypes, double temperature,
+                                      const std::optional<at::Tensor>& allowed, const std::optional<at::Tensor>& valid,
+                                      const at::Tensor& log_z) {
+  BackwardProblem b;
+  b.problem = make_problem(embeddings, prototypes, temperature, allowed, valid);
+  const Problem& p = b.problem;
+  if (grad_logits.has_value() && grad_logits->defined()) {
+    TORCH_CHECK(grad_logits->sizes().vec() == p.logits_shape, "prototype_logsumexp_backward: grad_logits must have ",
+                "the logits' shape ", shape_str(p.logits_shape), "; got ", shape_str(grad_logits->sizes()));
+    b.grad_logits = grad_logits->to(embeddings.scalar_type()).contiguous().view({p.batch, p.classes, p.pixels});
+  }
+  TORCH_CHECK(log_z.dim() == 1 && log_z.size(0) == p.classes, "prototype_logsumexp_backward: log_z must have shape (",
+              p.classes, ",); got ", shape_str(log_z.sizes()));
+  b.constants = make_backward_constants(log_z, grad_log_z, p.acc_type, embeddings.device());
+  return b;
+}
+
 at::Tensor prototypes_backward(const at::Tensor& prototypes, const at::Tensor& grad_pbar_scaled, double temperature) {
   const at::Tensor protos = prototypes.to(grad_pbar_scaled.scalar_type());
   const int64_t per_class = protos.size(1);

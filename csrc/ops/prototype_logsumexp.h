@@ -49,6 +49,20 @@ struct BackwardConstants {
 BackwardConstants make_backward_constants(const at::Tensor& log_z, const std::optional<at::Tensor>& grad_log_z,
                                           at::ScalarType acc_type, const at::Device& device);
 
+// Everything a backend's backward needs: the problem, the incoming logits gradient as (B, C, N) in the embeddings'
+// dtype (undefined when absent) and the per-class constants; checks the gradient and log Z shapes.
+struct BackwardProblem {
+  Problem problem;
+  at::Tensor grad_logits;
+  BackwardConstants constants;
+};
+
+BackwardProblem make_backward_problem(const std::optional<at::Tensor>& grad_logits,
+                                      const std::optional<at::Tensor>& grad_log_z, const at::Tensor& embeddings,
+                                      const at::Tensor& prototypes, double temperature,
+                                      const std::optional<at::Tensor>& allowed, const std::optional<at::Tensor>& valid,
+                                      const at::Tensor& log_z);
+
 // Chains d loss / d pbar_scaled (C, D) back to the prototypes (C, K, D) through the temperature, the mean over
 // K and the per-vector normalisation; returns a tensor of the prototypes' dtype.
 at::Tensor prototypes_backward(const at::Tensor& prototypes, const at::Tensor& grad_pbar_scaled, double temperature);

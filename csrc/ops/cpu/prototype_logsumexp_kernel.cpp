@@ -57,16 +57,11 @@ std::tuple<at::Tensor, at::Tensor> backward_cpu(const std::optional<at::Tensor>&
                                                 const at::Tensor& embeddings, const at::Tensor& prototypes,
                                                 double temperature, const std::optional<at::Tensor>& allowed,
                                                 const std::optional<at::Tensor>& valid, const at::Tensor& log_z) {
-  const Problem p = make_problem(embeddings, prototypes, temperature, allowed, valid);
-  at::Tensor gl;
-  if (grad_logits.has_value() && grad_logits->defined()) {
-    TORCH_CHECK(grad_logits->sizes().vec() == p.logits_shape,
-                "prototype_logsumexp_backward: grad_logits must have the logits' shape");
-    gl = grad_logits->to(embeddings.scalar_type()).contiguous().view({p.batch, p.classes, p.pixels});
-  }
-  TORCH_CHECK(log_z.dim() == 1 && log_z.size(0) == p.classes,
-              "prototype_logsumexp_backward: log_z must have shape (C,)");
-  const BackwardConstants k = make_backward_constants(log_z, grad_log_z, p.acc_type, embeddings.device());
+  const BackwardProblem backward =
+      make_backward_problem(grad_logits, grad_log_z, embeddings, prototypes, temperature, allowed, valid, log_z);
+  const Problem& p = backward.problem;
+  const at::Tensor& gl = backward.grad_logits;
+  const BackwardConstants& k = backward.constants;
   at::Tensor grad_embeddings = at::empty_like(p.embeddings);
   at::Tensor grad_pbar = at::empty({p.classes, p.dim}, embeddings.options().dtype(at::kDouble));
 #if defined(__x86_64__) && defined(__GNUC__)
