@@ -98,8 +98,9 @@ def prepare_experiment(
     Args:
         datalist: path of the datalist JSON.
         output_dir: the run's folder; the experiment's items are written to ``output_dir/split_file``.
-        acr: annotation compression rate (1/acr of the training images keep masks); None keeps a sectioned
-            datalist's annotations as given (a pool always needs an ACR).
+        acr: annotation compression rate (1/acr of the training images keep masks). It applies to a pool and to a
+            sectioned datalist whose training items all have masks; 0 or None keeps a sectioned datalist's
+            annotations as given, which is also what happens (with a warning) when some training items have no mask.
         weak_types: weak annotation types in play for the images without masks (empty: semi-supervised).
         split_index: which cross-sub-volume repetition (pool datalists).
         num_splits: number of repetitions the split index counts in.
@@ -146,13 +147,20 @@ def prepare_experiment(
         parts = {"training": [], "validation": [], "test": []}
         for part in present:
             parts[part], class_names = load_datalist(datalist, part)
-        if acr is None:
+        unmasked = sum(item.get("label") is None for item in parts["training"])
+        if acr and not unmasked:
+            parts["training"] = assign_annotation_types(parts["training"], acr, weak_types, seed, split_index)
+        else:
+            if acr:
+                logger.warning(
+                    "acr=%s does not apply to %s: %d of its %d training items carry no mask, so every item keeps the "
+                    "annotations it has (set acr to 0 or null to say so and silence this message)",
+                    acr, datalist, unmasked, len(parts["training"]),
+                )
             for item in parts["training"]:
                 item.setdefault("annotation_type", infer_annotation_type(item))
-        else:
-            parts["training"] = assign_annotation_types(parts["training"], acr, weak_types, seed, split_index)
     else:
-        if acr is None:
+        if not acr:
             raise ValueError(f"{datalist} is a pool of items without sections: give an ACR (acr=1 keeps every mask)")
         items, class_names = load_datalist(datalist, "data")
         scenario = make_scenario(
