@@ -3,10 +3,11 @@
 // Exact geodesic maps (iterations = None): label-correcting shortest paths on the 8/26-connected grid with a
 // monotone radix heap keyed by the float distance, i.e. Dijkstra's algorithm. The maps (B * S of them) are
 // independent tasks for at::parallel_for; when there are fewer maps than threads, each map is also cut into slabs
-// along its outermost axis, solved in rounds: each slab runs to an empty queue, the relaxations that cross into
-// a neighbouring slab are posted to it, and the next round starts from them, until no slab posts anything. Any
-// processing order that ends with no edge left to relax gives the same distances, bit for bit (each is the
-// smallest float path sum), so the result does not depend on the number of threads or slabs.
+// along its outermost axis: every slab is solved from its own seeds in parallel, posting the relaxations that
+// cross into a neighbouring slab, and then every map is finished by one more solver run over the whole map from
+// the posted crossings (a small part of the map: the pixels closer to another slab's seeds). Any processing order
+// that ends with no edge left to relax gives the same distances, bit for bit (each is the smallest float path
+// sum), so the result does not depend on the number of threads or slabs.
 //
 // Approximate geodesic maps (iterations = k): k rounds of directional passes (see pull_from_previous_plane),
 // parallel over the maps; identical to the CUDA kernel's passes.
@@ -291,52 +292,52 @@ void exact_geodesic(const at::Tensor& image_padded, const at::Tensor& seeds, at:
     }
   }
   const int64_t tasks = static_cast<int64_t>(slabs.size());
-  // posted[round % 2][task]: crossings posted by a task to its lower / upper neighbour in that round.
-  std::vector<std::vector<Crossing>> posted_low[2], posted_high[2];
-  for (int r = 0; r < 2; ++r) {
-    posted_low[r].resize(tasks);
-    posted_high[r].resize(tasks);
-  }
+  // Crossings posted by each slab to its lower / upper neighbour.
+  std::vector<std::vector<Crossing>> posted_low(tasks), posted_high(tasks);
   const SlabSolver<K, kSingleChannel> solver(grid, nb, channels);
+  const auto copy_map = [&](int64_t m) {
+    for (int64_t t = m * per_map; t < (m + 1) * per_map; ++t) {
+      copy_slab(dist_all + m * grid.pixels, out_all + m * g.pixels, g, grid, slabs[t]);
+    }
+  };
 
-  for (int64_t round = 0;; ++round) {
-    const int now = static_cast<int>(round % 2), before = 1 - now;
-    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-      RadixQueue queue;
-      for (int64_t t = begin; t < end; ++t) {
-        const Slab& slab = slabs[t];
-        float* dist = dist_all + slab.map * grid.pixels;
-        const float* image = image_all + (slab.map / per_image) * grid.pixels * channels;
-        queue.reset();
-        if (round == 0) {
-          init_slab(dist, seeds_all + slab.map * g.pixels, g, grid, slab, queue);
-        } else {
-          const std::vector<Crossing>* inboxes[2] = {slab.has_low ? &posted_high[before][t - 1] : nullptr,
-                                                     slab.has_high ? &posted_low[before][t + 1] : nullptr};
-          for (const auto* inbox : inboxes) {
-            if (inbox == nullptr) continue;
-            for (const Crossing& c : *inbox) {
-              if (c.value < dist[c.index]) {
-                dist[c.index] = c.value;
-                queue.push(c.value, c.index);
-              }
+  // Every slab from its own seeds, in parallel. With one slab per map the maps are then exact.
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    RadixQueue queue;
+    for (int64_t t = begin; t < end; ++t) {
+      const Slab& slab = slabs[t];
+      queue.reset();
+      init_slab(dist_all + slab.map * grid.pixels, seeds_all + slab.map * g.pixels, g, grid, slab, queue);
+      solver.run(dist_all + slab.map * grid.pixels, image_all + (slab.map / per_image) * grid.pixels * channels,
+                 slab, queue, posted_low[t], posted_high[t]);
+      if (per_map == 1) copy_map(slab.map);
+    }
+  });
+  if (per_map == 1) return;
+
+  // Each map as a single slab, from the crossings its slabs posted: one pass finishes it, where rounds of
+  // exchanges between slabs would need one parallel region per crossing of a winding path.
+  Slab whole;
+  whole.plane_lo = 1;
+  whole.plane_hi = planes + 1;
+  at::parallel_for(0, maps, 1, [&](int64_t begin, int64_t end) {
+    RadixQueue queue;
+    std::vector<Crossing> unused_low, unused_high;
+    for (int64_t m = begin; m < end; ++m) {
+      float* dist = dist_all + m * grid.pixels;
+      queue.reset();
+      for (int64_t t = m * per_map; t < (m + 1) * per_map; ++t) {
+        for (const auto* posted : {&posted_low[t], &posted_high[t]}) {
+          for (const Crossing& c : *posted) {
+            if (c.value < dist[c.index]) {
+              dist[c.index] = c.value;
+              queue.push(c.value, c.index);
             }
           }
         }
-        posted_low[now][t].clear();
-        posted_high[now][t].clear();
-        solver.run(dist, image, slab, queue, posted_low[now][t], posted_high[now][t]);
       }
-    });
-    bool posted = false;
-    for (int64_t t = 0; t < tasks && !posted; ++t) posted = !posted_low[now][t].empty() || !posted_high[now][t].empty();
-    if (!posted) break;
-  }
-
-  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const Slab& slab = slabs[t];
-      copy_slab(dist_all + slab.map * grid.pixels, out_all + slab.map * g.pixels, g, grid, slab);
+      solver.run(dist, image_all + (m / per_image) * grid.pixels * channels, whole, queue, unused_low, unused_high);
+      copy_map(m);
     }
   });
 }
