@@ -1,0 +1,187 @@
+"""Benchmark of the exact distance-map operators (issue 6; targets in shared/design/ops.md §2).
+
+Geodesic: exact (iterations=None), lamb = 1, 20 random seeds per map on a uniform-noise image (the hardest case
+for sweeping methods: shortest paths wind), at 512x512, 1024x1024, 64x256x256 and B*S = 8 maps of 512x512, with
+one thread and with two. Euclidean: ours against scipy.ndimage.distance_transform_edt on the same seeds. Every
+time is the median of several repeats after a warm-up; speed-ups are ratios of times taken in the same run.
+With a visible GPU, the CUDA kernels are timed too (CUDA events, after synchronisation).
+
+Usage:
+    python benchmarks/bench_geodesic.py [--repeats 7] [--output benchmarks/RESULTS_geodesic.md]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import scipy.ndimage as ndi
+import torch
+
+from dsp_monai.ops import euclidean_distance, geodesic_distance
+
+SEEDS_PER_MAP = 20
+# (name, batch B, maps per image S, spatial shape, one-thread target in ms or None)
+CASES = [
+    ("512x512", 1, 1, (512, 512), 30.0),
+    ("1024x1024", 1, 1, (1024, 1024), 150.0),
+    ("64x256x256", 1, 1, (64, 256, 256), 2500.0),
+    ("8 maps of 512x512 (B=2, S=4)", 2, 4, (512, 512), None),
+]
+# FastGeodis 1.0.5 CPU, raster scan, its default 2 iterations (approximate), one thread, this machine (ops.md §2).
+FASTGEODIS_ANCHORS_MS = {"512x512": "30", "1024x1024": "136", "64x256x256": "2400-3500"}
+# scipy EDT on this machine as recorded in ops.md §2, for comparison with the times measured here.
+SCIPY_ANCHORS_MS = {"512x512": "5.2", "1024x1024": "39", "64x256x256": "360-570"}
+
+
+def make_problem(batch, per_image, shape, generator):
+    image = torch.rand(batch, 1, *shape, generator=generator)
+    seeds = torch.zeros(batch, per_image, int(np.prod(shape)), dtype=torch.bool)
+    for b in range(batch):
+        for s in range(per_image):
+            seeds[b, s, torch.randperm(seeds.shape[-1], generator=generator)[:SEEDS_PER_MAP]] = True
+    return image, seeds.reshape(batch, per_image, *shape)
+
+
+def median_ms(function, repeats):
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def cuda_median_ms(function, repeats):
+    function()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        function()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end))
+    return statistics.median(times)
+
+
+def with_threads(threads, function):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return function()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run(repeats):
+    generator = torch.Generator().manual_seed(0)
+    geodesic_rows, euclidean_rows, cuda_rows = [], [], []
+    for name, batch, per_image, shape, target in CASES:
+        image, seeds = make_problem(batch, per_image, shape, generator)
+        reps = max(3, repeats // 2) if len(shape) == 3 else repeats
+        times = {}
+        for threads in (1, 2):
+            times[threads] = with_threads(threads, lambda: median_ms(lambda: geodesic_distance(image, seeds), reps))
+        geodesic_rows.append((name, times[1], times[2], target))
+        print(f"geodesic  {name:30s} 1 thread {times[1]:9.1f} ms   2 threads {times[2]:9.1f} ms", flush=True)
+
+        maps = seeds.reshape(-1, *shape).numpy()
+        scipy_ms = median_ms(lambda: [ndi.distance_transform_edt(~m) for m in maps], reps)
+        edt = {}
+        for threads in (1, 2):
+            edt[threads] = with_threads(threads, lambda: median_ms(lambda: euclidean_distance(seeds), reps))
+        euclidean_rows.append((name, scipy_ms, edt[1], edt[2]))
+        print(f"euclidean {name:30s} scipy {scipy_ms:9.1f} ms   ours 1 thread {edt[1]:9.1f} ms   "
+              f"2 threads {edt[2]:9.1f} ms", flush=True)
+
+        if torch.cuda.is_available():
+            image_gpu, seeds_gpu = image.cuda(), seeds.cuda()
+            geodesic_gpu = cuda_median_ms(lambda: geodesic_distance(image_gpu, seeds_gpu), repeats)
+            euclidean_gpu = cuda_median_ms(lambda: euclidean_distance(seeds_gpu), repeats)
+            cuda_rows.append((name, geodesic_gpu, euclidean_gpu))
+            print(f"cuda      {name:30s} geodesic {geodesic_gpu:8.2f} ms   euclidean {euclidean_gpu:8.2f} ms")
+    return geodesic_rows, euclidean_rows, cuda_rows
+
+
+def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, load_after, repeats):
+    lines = [
+        "# Distance-map operators: benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {cpu_model()}, os.cpu_count() = {os.cpu_count()}, {platform.platform()}; "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+        + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
+        + ".",
+        f"Load average (1 min) before / after the run: {load_before:.2f} / {load_after:.2f} (the cores are shared).",
+        "",
+        f"Inputs: uniform-noise image (1 channel), {SEEDS_PER_MAP} random seeds per map, lamb = 1, exact "
+        f"(iterations=None). Times are medians of {repeats} repeats ({max(3, repeats // 2)} in 3D) after a "
+        "warm-up; speed-ups are ratios within this run.",
+        "",
+        "## Geodesic (exact)",
+        "",
+        "| case | 1 thread (ms) | 2 threads (ms) | speed-up 2 vs 1 | target, 1 thread (ms) | FastGeodis, 2 iterations, "
+        "approximate (ms, ops.md) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, one, two, target in geodesic_rows:
+        target_text = f"<= {target:g} ({'met' if one <= target else 'missed'})" if target else ">= 1.6x speed-up"
+        if target is None:
+            target_text += f" ({'met' if one / two >= 1.6 else 'missed'})"
+        lines.append(f"| {name} | {one:.1f} | {two:.1f} | {one / two:.2f}x | {target_text} | "
+                     f"{FASTGEODIS_ANCHORS_MS.get(name, '-')} |")
+    lines += [
+        "",
+        "## Euclidean (exact EDT)",
+        "",
+        "| case | scipy distance_transform_edt (ms) | ours, 1 thread (ms) | ours, 2 threads (ms) | "
+        "scipy / ours (1 thread) | scipy in ops.md (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, scipy_ms, one, two in euclidean_rows:
+        lines.append(f"| {name} | {scipy_ms:.1f} | {one:.1f} | {two:.1f} | {scipy_ms / one:.2f}x | "
+                     f"{SCIPY_ANCHORS_MS.get(name, '-')} |")
+    if cuda_rows:
+        lines += ["", "## CUDA", "", "| case | geodesic (ms) | euclidean (ms) |", "|---|---|---|"]
+        for name, geodesic_ms, euclidean_ms in cuda_rows:
+            lines.append(f"| {name} | {geodesic_ms:.2f} | {euclidean_ms:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_geodesic.md"),
+                        help="markdown file to write the table to")
+    args = parser.parse_args(argv)
+    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    load_before = os.getloadavg()[0]
+    rows = run(args.repeats)
+    load_after = os.getloadavg()[0]
+    text = markdown(*rows, command, load_before, load_after, args.repeats)
+    with open(args.output, "w") as handle:
+        handle.write(text)
+    print()
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
