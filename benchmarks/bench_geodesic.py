@@ -3,7 +3,8 @@
 Geodesic: exact (iterations=None), lamb = 1, 20 random seeds per map on a uniform-noise image (the hardest case
 for sweeping methods: shortest paths wind), at 512x512, 1024x1024, 64x256x256 and B*S = 8 maps of 512x512, with
 one thread and with two. Euclidean: ours against scipy.ndimage.distance_transform_edt on the same seeds. Every
-time is the median of several repeats after a warm-up; speed-ups are ratios of times taken in the same run.
+time is the median of several repeats after a warm-up, the variants of a case (1 thread, 2 threads, scipy) timed
+in turn within each repeat; speed-ups are ratios of times taken in the same run.
 With a visible GPU, the CUDA kernels are timed too (CUDA events, after synchronisation).
 
 Usage:
@@ -46,14 +47,23 @@ def make_problem(batch, per_image, shape, generator):
     return image, seeds.reshape(batch, per_image, *shape)
 
 
-def median_ms(function, repeats):
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def interleaved_medians_ms(variants, repeats):
+    """Median time (ms) of each variant (name -> (threads, function)), timed in turn within each repeat so that a
+    change of load on the shared cores affects all variants alike. Each variant runs once first as a warm-up."""
+    times = {name: [] for name in variants}
+    for repeat in range(repeats + 1):
+        for name, (threads, function) in variants.items():
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                start = time.perf_counter()
+                function()
+                elapsed = time.perf_counter() - start
+            finally:
+                torch.set_num_threads(previous)
+            if repeat > 0:
+                times[name].append(elapsed)
+    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
 
 
 def cuda_median_ms(function, repeats):
@@ -68,15 +78,6 @@ def cuda_median_ms(function, repeats):
         torch.cuda.synchronize()
         times.append(begin.elapsed_time(end))
     return statistics.median(times)
-
-
-def with_threads(threads, function):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return function()
-    finally:
-        torch.set_num_threads(previous)
 
 
 def cpu_model():
@@ -96,20 +97,24 @@ def run(repeats):
     for name, batch, per_image, shape, target in CASES:
         image, seeds = make_problem(batch, per_image, shape, generator)
         reps = max(3, repeats // 2) if len(shape) == 3 else repeats
-        times = {}
-        for threads in (1, 2):
-            times[threads] = with_threads(threads, lambda: median_ms(lambda: geodesic_distance(image, seeds), reps))
-        geodesic_rows.append((name, times[1], times[2], target))
-        print(f"geodesic  {name:30s} 1 thread {times[1]:9.1f} ms   2 threads {times[2]:9.1f} ms", flush=True)
+        geodesic = interleaved_medians_ms(
+            {threads: (threads, lambda: geodesic_distance(image, seeds)) for threads in (1, 2)}, reps
+        )
+        geodesic_rows.append((name, geodesic[1], geodesic[2], target))
+        print(f"geodesic  {name:30s} 1 thread {geodesic[1]:9.1f} ms   2 threads {geodesic[2]:9.1f} ms", flush=True)
 
         maps = seeds.reshape(-1, *shape).numpy()
-        scipy_ms = median_ms(lambda: [ndi.distance_transform_edt(~m) for m in maps], reps)
-        edt = {}
-        for threads in (1, 2):
-            edt[threads] = with_threads(threads, lambda: median_ms(lambda: euclidean_distance(seeds), reps))
-        euclidean_rows.append((name, scipy_ms, edt[1], edt[2]))
-        print(f"euclidean {name:30s} scipy {scipy_ms:9.1f} ms   ours 1 thread {edt[1]:9.1f} ms   "
-              f"2 threads {edt[2]:9.1f} ms", flush=True)
+        euclidean = interleaved_medians_ms(
+            {
+                "scipy": (1, lambda: [ndi.distance_transform_edt(~m) for m in maps]),
+                1: (1, lambda: euclidean_distance(seeds)),
+                2: (2, lambda: euclidean_distance(seeds)),
+            },
+            reps,
+        )
+        euclidean_rows.append((name, euclidean["scipy"], euclidean[1], euclidean[2]))
+        print(f"euclidean {name:30s} scipy {euclidean['scipy']:9.1f} ms   ours 1 thread {euclidean[1]:9.1f} ms   "
+              f"2 threads {euclidean[2]:9.1f} ms", flush=True)
 
         if torch.cuda.is_available():
             image_gpu, seeds_gpu = image.cuda(), seeds.cuda()
@@ -134,7 +139,7 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
         "",
         f"Inputs: uniform-noise image (1 channel), {SEEDS_PER_MAP} random seeds per map, lamb = 1, exact "
         f"(iterations=None). Times are medians of {repeats} repeats ({max(3, repeats // 2)} in 3D) after a "
-        "warm-up; speed-ups are ratios within this run.",
+        "warm-up, the variants of a row timed in turn within each repeat; speed-ups are ratios within this run.",
         "",
         "## Geodesic (exact)",
         "",
