@@ -16,6 +16,7 @@
 // the lines of all maps.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cstring>
 #include <vector>
 
@@ -68,7 +69,7 @@ class RadixQueue {
       }
       nonempty_ &= ~uint64_t{1};
       if (nonempty_ == 0) return false;
-      const int b = __builtin_ctzll(nonempty_);
+      const int b = std::countr_zero(nonempty_);
       std::vector<Key>& bucket = buckets_[b];
       nonempty_ &= ~(uint64_t{1} << b);
       size_t kept = 0;
@@ -100,7 +101,7 @@ class RadixQueue {
   }
 
  private:
-  int bucket_of(uint32_t bits) const { return bits == last_ ? 0 : 32 - __builtin_clz(bits ^ last_); }
+  int bucket_of(uint32_t bits) const { return bits == last_ ? 0 : 32 - std::countl_zero(bits ^ last_); }
 
   std::array<std::vector<Key>, 33> buckets_;
   uint64_t nonempty_ = 0;
