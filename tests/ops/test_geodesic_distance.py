@@ -42,10 +42,12 @@ def dijkstra_oracle(image, seeds, spacing, lamb):
         rows.append(a)
         cols.append(b)
         weights.append((1.0 - lamb) * length + lamb * change)
-    weights = np.concatenate(weights)
+    weights, rows, cols = np.concatenate(weights), np.concatenate(rows), np.concatenate(cols)
+    # Steps whose cost is not a number (NaN intensities) do not exist.
+    keep = ~np.isnan(weights)
     # csgraph reads a stored zero as "no edge"; a zero-cost step becomes a negligible positive one.
-    weights = np.where(weights == 0.0, 1e-300, weights)
-    graph = sparse.csr_matrix((weights, (np.concatenate(rows), np.concatenate(cols))), shape=(seeds.size,) * 2)
+    weights = np.where(weights[keep] == 0.0, 1e-300, weights[keep])
+    graph = sparse.csr_matrix((weights, (rows[keep], cols[keep])), shape=(seeds.size,) * 2)
     sources = np.flatnonzero(seeds.ravel())
     if len(sources) == 0:
         return np.full(spatial, np.inf)
@@ -108,6 +110,17 @@ def test_seed_in_a_corner_reaches_the_far_corner():
     for lamb in (0.0, 1.0):
         dist = geodesic_distance(image, seeds, lamb=lamb)
         assert_close_to(dist[0, 0], dijkstra_oracle(image[0].numpy(), seeds[0, 0].numpy(), (1.0, 1.0), lamb))
+
+
+def test_nan_intensities_block_their_steps():
+    image = torch.rand(1, 1, 11, 13, generator=torch.Generator().manual_seed(9))
+    image[0, 0, 5, 2:11] = float("nan")
+    seeds = torch.zeros(1, 1, 11, 13, dtype=torch.bool)
+    seeds[0, 0, 0, 6] = True
+    dist = geodesic_distance(image, seeds, lamb=0.5)
+    assert torch.isinf(dist[0, 0, 5, 2:11]).all()
+    assert_close_to(dist[0, 0], dijkstra_oracle(image[0].numpy(), seeds[0, 0].numpy(), (1.0, 1.0), 0.5))
+    assert torch.equal(geodesic_distance(image, seeds, lamb=0.5, iterations=100), dist)
 
 
 def test_chamfer_distance_of_lamb_zero():
