@@ -8,12 +8,13 @@ in turn within each repeat; speed-ups are ratios of times taken in the same run.
 With a visible GPU, the CUDA kernels are timed too (CUDA events, after synchronisation).
 
 Usage:
-    python benchmarks/bench_geodesic.py [--repeats 7] [--output benchmarks/RESULTS_geodesic.md]
+    python benchmarks/bench_geodesic.py [--repeats 7] [--output benchmarks/RESULTS_geodesic.md] [--note TEXT]
 """
 
 import argparse
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -48,22 +49,29 @@ def make_problem(batch, per_image, shape, generator):
 
 
 def interleaved_medians_ms(variants, repeats):
-    """Median time (ms) of each variant (name -> (threads, function)), timed in turn within each repeat so that a
-    change of load on the shared cores affects all variants alike. Each variant runs once first as a warm-up."""
-    times = {name: [] for name in variants}
+    """Median wall time and median process CPU time (ms) of each variant (name -> (threads, function)), timed in
+    turn within each repeat so that a change of load on the shared cores affects all variants alike. Each variant
+    runs once first as a warm-up. With one thread, the CPU time is what the call costs when it has a core to
+    itself; the wall time also counts the waits while another process holds the core."""
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
     for repeat in range(repeats + 1):
         for name, (threads, function) in variants.items():
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
-                start = time.perf_counter()
+                start_wall, start_cpu = time.perf_counter(), time.process_time()
                 function()
-                elapsed = time.perf_counter() - start
+                elapsed_wall, elapsed_cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
             finally:
                 torch.set_num_threads(previous)
             if repeat > 0:
-                times[name].append(elapsed)
-    return {name: 1e3 * statistics.median(values) for name, values in times.items()}
+                wall[name].append(elapsed_wall)
+                cpu[name].append(elapsed_cpu)
+    return (
+        {name: 1e3 * statistics.median(values) for name, values in wall.items()},
+        {name: 1e3 * statistics.median(values) for name, values in cpu.items()},
+    )
 
 
 def cuda_median_ms(function, repeats):
@@ -97,14 +105,15 @@ def run(repeats):
     for name, batch, per_image, shape, target in CASES:
         image, seeds = make_problem(batch, per_image, shape, generator)
         reps = max(3, repeats // 2) if len(shape) == 3 else repeats
-        geodesic = interleaved_medians_ms(
+        geodesic, geodesic_cpu = interleaved_medians_ms(
             {threads: (threads, lambda: geodesic_distance(image, seeds)) for threads in (1, 2)}, reps
         )
-        geodesic_rows.append((name, geodesic[1], geodesic[2], target))
-        print(f"geodesic  {name:30s} 1 thread {geodesic[1]:9.1f} ms   2 threads {geodesic[2]:9.1f} ms", flush=True)
+        geodesic_rows.append((name, geodesic[1], geodesic_cpu[1], geodesic[2], target))
+        print(f"geodesic  {name:30s} 1 thread {geodesic[1]:9.1f} ms (CPU {geodesic_cpu[1]:9.1f} ms)   "
+              f"2 threads {geodesic[2]:9.1f} ms", flush=True)
 
         maps = seeds.reshape(-1, *shape).numpy()
-        euclidean = interleaved_medians_ms(
+        euclidean, euclidean_cpu = interleaved_medians_ms(
             {
                 "scipy": (1, lambda: [ndi.distance_transform_edt(~m) for m in maps]),
                 1: (1, lambda: euclidean_distance(seeds)),
@@ -112,7 +121,8 @@ def run(repeats):
             },
             reps,
         )
-        euclidean_rows.append((name, euclidean["scipy"], euclidean[1], euclidean[2]))
+        euclidean_rows.append((name, euclidean["scipy"], euclidean_cpu["scipy"], euclidean[1], euclidean_cpu[1],
+                               euclidean[2]))
         print(f"euclidean {name:30s} scipy {euclidean['scipy']:9.1f} ms   ours 1 thread {euclidean[1]:9.1f} ms   "
               f"2 threads {euclidean[2]:9.1f} ms", flush=True)
 
@@ -125,7 +135,7 @@ def run(repeats):
     return geodesic_rows, euclidean_rows, cuda_rows
 
 
-def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, load_after, repeats):
+def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, load_after, repeats, note):
     lines = [
         "# Distance-map operators: benchmark",
         "",
@@ -137,33 +147,36 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
         + ".",
         f"Load average (1 min) before / after the run: {load_before:.2f} / {load_after:.2f} (the cores are shared).",
         "",
+        *([note, ""] if note else []),
         f"Inputs: uniform-noise image (1 channel), {SEEDS_PER_MAP} random seeds per map, lamb = 1, exact "
         f"(iterations=None). Times are medians of {repeats} repeats ({max(3, repeats // 2)} in 3D) after a "
         "warm-up, the variants of a row timed in turn within each repeat; speed-ups are ratios within this run.",
         "",
         "## Geodesic (exact)",
         "",
-        "| case | 1 thread (ms) | 2 threads (ms) | speed-up 2 vs 1 | target, 1 thread (ms) | FastGeodis, 2 iterations, "
-        "approximate (ms, ops.md) |",
-        "|---|---|---|---|---|---|",
+        "| case | 1 thread, wall (ms) | 1 thread, CPU time (ms) | 2 threads, wall (ms) | speed-up 2 vs 1 (wall) | "
+        "target | FastGeodis, 2 iterations, approximate (ms, ops.md) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, one, two, target in geodesic_rows:
-        target_text = f"<= {target:g} ({'met' if one <= target else 'missed'})" if target else ">= 1.6x speed-up"
+    for name, one, one_cpu, two, target in geodesic_rows:
         if target is None:
-            target_text += f" ({'met' if one / two >= 1.6 else 'missed'})"
-        lines.append(f"| {name} | {one:.1f} | {two:.1f} | {one / two:.2f}x | {target_text} | "
+            target_text = f">= 1.6x speed-up ({'met' if one / two >= 1.6 else 'missed'})"
+        else:
+            target_text = (f"<= {target:g} ms, 1 thread (wall {'met' if one <= target else 'missed'}, "
+                           f"CPU time {'met' if one_cpu <= target else 'missed'})")
+        lines.append(f"| {name} | {one:.1f} | {one_cpu:.1f} | {two:.1f} | {one / two:.2f}x | {target_text} | "
                      f"{FASTGEODIS_ANCHORS_MS.get(name, '-')} |")
     lines += [
         "",
         "## Euclidean (exact EDT)",
         "",
-        "| case | scipy distance_transform_edt (ms) | ours, 1 thread (ms) | ours, 2 threads (ms) | "
-        "scipy / ours (1 thread) | scipy in ops.md (ms) |",
+        "| case | scipy distance_transform_edt, wall / CPU (ms) | ours, 1 thread, wall / CPU (ms) | "
+        "ours, 2 threads, wall (ms) | scipy / ours (1 thread, wall) | scipy in ops.md (ms) |",
         "|---|---|---|---|---|---|",
     ]
-    for name, scipy_ms, one, two in euclidean_rows:
-        lines.append(f"| {name} | {scipy_ms:.1f} | {one:.1f} | {two:.1f} | {scipy_ms / one:.2f}x | "
-                     f"{SCIPY_ANCHORS_MS.get(name, '-')} |")
+    for name, scipy_ms, scipy_cpu, one, one_cpu, two in euclidean_rows:
+        lines.append(f"| {name} | {scipy_ms:.1f} / {scipy_cpu:.1f} | {one:.1f} / {one_cpu:.1f} | {two:.1f} | "
+                     f"{scipy_ms / one:.2f}x | {SCIPY_ANCHORS_MS.get(name, '-')} |")
     if cuda_rows:
         lines += ["", "## CUDA", "", "| case | geodesic (ms) | euclidean (ms) |", "|---|---|---|"]
         for name, geodesic_ms, euclidean_ms in cuda_rows:
@@ -174,14 +187,15 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--note", default="", help="free text written under the machine description")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_geodesic.md"),
                         help="markdown file to write the table to")
     args = parser.parse_args(argv)
-    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    command = "python " + " ".join([os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
     load_before = os.getloadavg()[0]
     rows = run(args.repeats)
     load_after = os.getloadavg()[0]
-    text = markdown(*rows, command, load_before, load_after, args.repeats)
+    text = markdown(*rows, command, load_before, load_after, args.repeats, args.note)
     with open(args.output, "w") as handle:
         handle.write(text)
     print()
