@@ -8,7 +8,7 @@ in turn within each repeat; speed-ups are ratios of times taken in the same run.
 With a visible GPU, the CUDA kernels are timed too (CUDA events, after synchronisation).
 
 Usage:
-    python benchmarks/bench_geodesic.py [--repeats 7] [--output benchmarks/RESULTS_geodesic.md] [--note TEXT]
+    python benchmarks/bench_geodesic.py [--repeats 7] [--note TEXT] [--no-write]
 """
 
 import argparse
@@ -23,6 +23,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
+import common
 from dsp_monai.ops import euclidean_distance, geodesic_distance
 
 SEEDS_PER_MAP = 20
@@ -137,7 +138,7 @@ def run(repeats):
 
 def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, load_after, repeats, note):
     lines = [
-        "# Distance-map operators: benchmark",
+        "## Distance-map operators: geodesic_distance and euclidean_distance",
         "",
         f"Command: `{command}`",
         "",
@@ -152,7 +153,7 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
         f"(iterations=None). Times are medians of {repeats} repeats ({max(3, repeats // 2)} in 3D) after a "
         "warm-up, the variants of a row timed in turn within each repeat; speed-ups are ratios within this run.",
         "",
-        "## Geodesic (exact)",
+        "### Geodesic (exact)",
         "",
         "| case | 1 thread, wall (ms) | 1 thread, CPU time (ms) | 2 threads, wall (ms) | speed-up 2 vs 1 (wall) | "
         "target | FastGeodis, 2 iterations, approximate (ms, ops.md) |",
@@ -168,7 +169,7 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
                      f"{FASTGEODIS_ANCHORS_MS.get(name, '-')} |")
     lines += [
         "",
-        "## Euclidean (exact EDT)",
+        "### Euclidean (exact EDT)",
         "",
         "| case | scipy distance_transform_edt, wall / CPU (ms) | ours, 1 thread, wall / CPU (ms) | "
         "ours, 2 threads, wall (ms) | scipy / ours (1 thread, wall) | scipy in ops.md (ms) |",
@@ -178,7 +179,7 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
         lines.append(f"| {name} | {scipy_ms:.1f} / {scipy_cpu:.1f} | {one:.1f} / {one_cpu:.1f} | {two:.1f} | "
                      f"{scipy_ms / one:.2f}x | {SCIPY_ANCHORS_MS.get(name, '-')} |")
     if cuda_rows:
-        lines += ["", "## CUDA", "", "| case | geodesic (ms) | euclidean (ms) |", "|---|---|---|"]
+        lines += ["", "### CUDA", "", "| case | geodesic (ms) | euclidean (ms) |", "|---|---|---|"]
         for name, geodesic_ms, euclidean_ms in cuda_rows:
             lines.append(f"| {name} | {geodesic_ms:.2f} | {euclidean_ms:.2f} |")
     return "\n".join(lines) + "\n"
@@ -188,18 +189,16 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per measurement (median reported)")
     parser.add_argument("--note", default="", help="free text written under the machine description")
-    parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "RESULTS_geodesic.md"),
-                        help="markdown file to write the table to")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
     args = parser.parse_args(argv)
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + [shlex.quote(a) for a in sys.argv[1:]])
     load_before = os.getloadavg()[0]
     rows = run(args.repeats)
     load_after = os.getloadavg()[0]
     text = markdown(*rows, command, load_before, load_after, args.repeats, args.note)
-    with open(args.output, "w") as handle:
-        handle.write(text)
-    print()
-    print(text)
+    if not args.no_write:
+        common.write_section("bench_geodesic", text)
+    sys.stdout.write("\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
 
-from dsp_monai.transforms import PointDistanceMaps, PointDistanceMapsd, points_from_mask
+from dsp_monai.transforms.distance_maps import PointDistanceMaps, PointDistanceMapsd, points_from_mask
 
 
 def grid(shape):

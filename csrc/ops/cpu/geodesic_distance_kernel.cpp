@@ -16,7 +16,9 @@
 // the lines of all maps.
 #include <algorithm>
 #include <array>
+#if __cplusplus >= 202002L
 #include <bit>
+#endif
 #include <cstring>
 #include <vector>
 
@@ -26,6 +28,29 @@
 
 #include "ops/common.h"
 #include "ops/geodesic_distance.h"
+
+namespace {
+// Leading / trailing zero counts of a non-zero unsigned word (C++20 <bit> where available, else the GCC builtins,
+// so the file also builds with the C++17 of older torch releases).
+template <typename T>
+inline int leading_zeros(T x) {
+#if __cplusplus >= 202002L
+  return std::countl_zero(x);
+#else
+  return sizeof(T) == 8 ? __builtin_clzll(static_cast<unsigned long long>(x))
+                        : __builtin_clz(static_cast<unsigned int>(x));
+#endif
+}
+template <typename T>
+inline int trailing_zeros(T x) {
+#if __cplusplus >= 202002L
+  return std::countr_zero(x);
+#else
+  return sizeof(T) == 8 ? __builtin_ctzll(static_cast<unsigned long long>(x))
+                        : __builtin_ctz(static_cast<unsigned int>(x));
+#endif
+}
+}  // namespace
 
 namespace dsp_monai {
 namespace geodesic {
@@ -69,7 +94,7 @@ class RadixQueue {
       }
       nonempty_ &= ~uint64_t{1};
       if (nonempty_ == 0) return false;
-      const int b = std::countr_zero(nonempty_);
+      const int b = trailing_zeros(nonempty_);
       std::vector<Key>& bucket = buckets_[b];
       nonempty_ &= ~(uint64_t{1} << b);
       size_t kept = 0;
@@ -101,7 +126,7 @@ class RadixQueue {
   }
 
  private:
-  int bucket_of(uint32_t bits) const { return bits == last_ ? 0 : 32 - std::countl_zero(bits ^ last_); }
+  int bucket_of(uint32_t bits) const { return bits == last_ ? 0 : 32 - leading_zeros(bits ^ last_); }
 
   std::array<std::vector<Key>, 33> buckets_;
   uint64_t nonempty_ = 0;
