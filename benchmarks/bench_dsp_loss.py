@@ -8,11 +8,13 @@ background has none), points lie inside them, tags are the classes present.
 
     python benchmarks/bench_dsp_loss.py [--threads 2 1] [--repeats 21] [--baseline-repeats 3]
 
-Prints a table and writes it, with the machine and the command, to benchmarks/RESULTS_dsp_loss.md.
+Prints a table and writes it, with the machine, the load and the command, to the ``bench_dsp_loss`` section of
+benchmarks/RESULTS.md.
 """
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -23,13 +25,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 from common import command, machine, table  # noqa: E402
 
 from dsp_monai.annotations import collate_annotations  # noqa: E402
 from dsp_monai.losses import dsp_loss  # noqa: E402
 from dsp_monai.ops import pack_allowed, prototype_logsumexp, prototype_logsumexp_reference  # noqa: E402
 
-OUTPUT = Path(__file__).resolve().parent / "RESULTS_dsp_loss.md"
 TYPES = ("mask", "box", "point", "image")
 
 
@@ -171,8 +173,9 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.05)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS_dsp_loss.md alone")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
+    load_before = ", ".join(f"{value:.2f}" for value in os.getloadavg())
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -259,12 +262,13 @@ def main():
     print(text)
     print(summary)
     if not args.no_write:
-        OUTPUT.write_text(
+        common.write_section(
+            "bench_dsp_loss",
             "## DSP loss: forward + backward (benchmarks/bench_dsp_loss.py)\n\n"
-            f"Machine: {machine()}\n\nCommand: `{command()}`\n\nSetting: {setting}; medians over {args.repeats} "
-            f"repeats ({args.baseline_repeats} for the baseline).\n\n{text}\n\n{summary}\n"
+            f"Machine: {machine()}; load average before the run {load_before}\n\nCommand: `{command()}`\n\n"
+            f"Setting: {setting}; medians over {args.repeats} repeats ({args.baseline_repeats} for the baseline)."
+            f"\n\n{text}\n\n{summary}\n",
         )
-
 
 if __name__ == "__main__":
     main()

@@ -101,15 +101,18 @@ class _PositiveSums(torch.autograd.Function):
             line_max = torch.where(annotations.box_line_valid, line_max, torch.zeros_like(line_max))
             sums[1].index_add_(0, annotations.box_line_classes, line_max.to(_SUM_DTYPE))
 
-        log_normaliser = None
+        ctx.tag_softmax = None
         if annotations.tag_images.shape[0]:
             scores = _tag_scores(flat, annotations, dtype)
-            log_normaliser = torch.logsumexp(scores, dim=1)
-            log_mean = log_normaliser - annotations.valid_counts[annotations.tag_images].to(dtype).log()
+            shift = scores.amax(dim=1, keepdim=True)
+            softmax = scores.sub_(shift).exp_()
+            normaliser = softmax.sum(dim=1, keepdim=True)
+            counts = annotations.valid_counts[annotations.tag_images].to(dtype)
+            log_mean = (normaliser.log() + shift).squeeze(1) - counts.log()
             sums[3].index_add_(0, annotations.tag_classes, log_mean.to(_SUM_DTYPE))
+            ctx.tag_softmax = softmax.div_(normaliser)
 
         ctx.annotations = annotations
-        ctx.log_normaliser = log_normaliser
         ctx.save_for_backward(logits)
         return sums
 
@@ -125,22 +128,21 @@ class _PositiveSums(torch.autograd.Function):
             index.append(ctx.line_winner)
             values.append(grad_sums[1][annotations.box_line_classes] * annotations.box_line_valid)
         grad.index_add_(0, torch.cat(index), torch.cat(values).to(logits.dtype))
-        if ctx.log_normaliser is not None:
-            scores = _tag_scores(logits.detach().reshape(-1), annotations, ctx.log_normaliser.dtype)
-            softmax = torch.exp(scores - ctx.log_normaliser.unsqueeze(1))
-            weighted = (grad_sums[3][annotations.tag_classes].unsqueeze(1) * softmax).to(logits.dtype)
-            grad.view(annotations.batch_size, annotations.num_classes, -1).index_put_(
-                (annotations.tag_images, annotations.tag_classes), weighted, accumulate=True
-            )
+        if ctx.tag_softmax is not None:
+            weights = grad_sums[3].index_select(0, annotations.tag_classes).to(ctx.tag_softmax.dtype)
+            weighted = (ctx.tag_softmax * weights.unsqueeze(1)).to(logits.dtype)
+            rows = annotations.tag_images * annotations.num_classes + annotations.tag_classes
+            grad.view(annotations.batch_size * annotations.num_classes, -1).index_add_(0, rows, weighted)
         return grad.view(logits.shape), None, None
 
 
 def _tag_scores(flat_logits: torch.Tensor, annotations: AnnotationBatch, dtype: torch.dtype) -> torch.Tensor:
-    """(T, N) scores s_c of each tagged (image, class) pair, -inf at padding."""
+    """(T, N) scores s_c of each tagged (image, class) pair (a fresh tensor), -inf at padding."""
     batch_size, classes = annotations.batch_size, annotations.num_classes
-    scores = flat_logits.view(batch_size, classes, -1)[annotations.tag_images, annotations.tag_classes].to(dtype)
+    rows = annotations.tag_images * classes + annotations.tag_classes
+    scores = flat_logits.view(batch_size * classes, -1).index_select(0, rows).to(dtype)
     if not annotations.all_valid:
-        invalid = ~annotations.valid.reshape(batch_size, -1)[annotations.tag_images]
+        invalid = ~annotations.valid.reshape(batch_size, -1).index_select(0, annotations.tag_images)
         scores = scores.masked_fill(invalid, -math.inf)
     return scores
 
