@@ -62,45 +62,48 @@ inline void store_vec(T* p, const V& v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// out[r][col] (+)= sum_i a[r * sr + i * si] * x[i * ldx + col] for the kRows rows from r and the 2 vectors of
+// columns from col, the accumulators held in registers.
+template <typename acc_t, bool kAccumulate, int64_t kRows>
+inline void gemm_block(int64_t r, int64_t col, int64_t inner, const acc_t* __restrict__ a, int64_t sr, int64_t si,
+                       const acc_t* __restrict__ x, int64_t ldx, acc_t* __restrict__ out, int64_t ldo) {
+  using V = typename Vec<acc_t>::type;
+  constexpr int64_t L = Vec<acc_t>::lanes;
+  V acc[kRows][2];
+  for (int64_t rr = 0; rr < kRows; ++rr) {
+    for (int64_t w = 0; w < 2; ++w) {
+      acc[rr][w] = kAccumulate ? load_vec<V>(out + (r + rr) * ldo + col + w * L) : V{};
+    }
+  }
+  for (int64_t i = 0; i < inner; ++i) {
+    const V x0 = load_vec<V>(x + i * ldx + col), x1 = load_vec<V>(x + i * ldx + col + L);
+    for (int64_t rr = 0; rr < kRows; ++rr) {
+      const acc_t coef = a[(r + rr) * sr + i * si];
+      acc[rr][0] += x0 * coef;
+      acc[rr][1] += x1 * coef;
+    }
+  }
+  for (int64_t rr = 0; rr < kRows; ++rr) {
+    for (int64_t w = 0; w < 2; ++w) store_vec(out + (r + rr) * ldo + col + w * L, acc[rr][w]);
+  }
+}
+
 // out[r][col] (+)= sum_i a[r * sr + i * si] * x[i * ldx + col] for r < rows, col < cols: the small products of a
-// tile, blocked as 4 rows x 2 vectors of columns so the accumulators stay in registers.
+// tile, blocked as 4 rows x 2 vectors of columns so that the accumulators stay in registers and every loaded
+// vector of x serves several rows, also for the last (rows % 4) rows.
 template <typename acc_t, bool kAccumulate>
 void small_gemm(int64_t rows, int64_t inner, int64_t cols, const acc_t* __restrict__ a, int64_t sr, int64_t si,
                 const acc_t* __restrict__ x, int64_t ldx, acc_t* __restrict__ out, int64_t ldo) {
-  using V = typename Vec<acc_t>::type;
   constexpr int64_t L = Vec<acc_t>::lanes, kRows = 4;
   int64_t col = 0;
   for (; col + 2 * L <= cols; col += 2 * L) {
     int64_t r = 0;
-    for (; r + kRows <= rows; r += kRows) {
-      V acc[kRows][2];
-      for (int64_t rr = 0; rr < kRows; ++rr) {
-        for (int64_t w = 0; w < 2; ++w) {
-          acc[rr][w] = kAccumulate ? load_vec<V>(out + (r + rr) * ldo + col + w * L) : V{};
-        }
-      }
-      for (int64_t i = 0; i < inner; ++i) {
-        const V x0 = load_vec<V>(x + i * ldx + col), x1 = load_vec<V>(x + i * ldx + col + L);
-        for (int64_t rr = 0; rr < kRows; ++rr) {
-          const acc_t coef = a[(r + rr) * sr + i * si];
-          acc[rr][0] += x0 * coef;
-          acc[rr][1] += x1 * coef;
-        }
-      }
-      for (int64_t rr = 0; rr < kRows; ++rr) {
-        for (int64_t w = 0; w < 2; ++w) store_vec(out + (r + rr) * ldo + col + w * L, acc[rr][w]);
-      }
-    }
-    for (; r < rows; ++r) {
-      V acc0 = kAccumulate ? load_vec<V>(out + r * ldo + col) : V{};
-      V acc1 = kAccumulate ? load_vec<V>(out + r * ldo + col + L) : V{};
-      for (int64_t i = 0; i < inner; ++i) {
-        const acc_t coef = a[r * sr + i * si];
-        acc0 += load_vec<V>(x + i * ldx + col) * coef;
-        acc1 += load_vec<V>(x + i * ldx + col + L) * coef;
-      }
-      store_vec(out + r * ldo + col, acc0);
-      store_vec(out + r * ldo + col + L, acc1);
+    for (; r + kRows <= rows; r += kRows) gemm_block<acc_t, kAccumulate, kRows>(r, col, inner, a, sr, si, x, ldx, out, ldo);
+    switch (rows - r) {
+      case 3: gemm_block<acc_t, kAccumulate, 3>(r, col, inner, a, sr, si, x, ldx, out, ldo); break;
+      case 2: gemm_block<acc_t, kAccumulate, 2>(r, col, inner, a, sr, si, x, ldx, out, ldo); break;
+      case 1: gemm_block<acc_t, kAccumulate, 1>(r, col, inner, a, sr, si, x, ldx, out, ldo); break;
+      default: break;
     }
   }
   for (; col < cols; ++col) {
