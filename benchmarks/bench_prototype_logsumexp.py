@@ -9,7 +9,10 @@ visible): B=8, 512x512, float32 and bfloat16. Prints a table and rewrites its se
 
 import argparse
 import json
+import os
+import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -86,20 +89,35 @@ def mib(n):
     return f"{n / 2**20:.1f}"
 
 
+def interleaved_times(inputs, repeats):
+    """Median seconds of every (implementation, backward) variant, the variants timed in turn within each repeat
+    so that a change of load on the shared cores affects all of them alike."""
+    variants = [(impl, backward) for impl in IMPLEMENTATIONS for backward in (False, True)]
+    for impl, backward in variants:
+        step(impl, inputs, backward)
+    times = {variant: [] for variant in variants}
+    for _ in range(repeats):
+        for impl, backward in variants:
+            start = time.perf_counter()
+            step(impl, inputs, backward)
+            times[impl, backward].append(time.perf_counter() - start)
+    return {variant: statistics.median(values) for variant, values in times.items()}
+
+
 def run(args):
+    load_before = os.getloadavg()[0]
     rows = []
     cpu_shape = dict(batch=2, size=256)
     for threads in (1, 2):
         torch.set_num_threads(threads)
         inputs = make_inputs(cpu_shape["batch"], cpu_shape["size"], "cpu", torch.float32)
+        times = interleaved_times(inputs, args.repeats)
         result = {}
         for impl in IMPLEMENTATIONS:
-            forward = common.median_time(lambda: step(impl, inputs, False), args.repeats)
-            both = common.median_time(lambda: step(impl, inputs, True), args.repeats)
             memory = json.loads(
                 common.run_isolated(["--memory", impl, str(threads), str(cpu_shape["batch"]), str(cpu_shape["size"])])
             )
-            result[impl] = (forward, both, memory)
+            result[impl] = (times[impl, False], times[impl, True], memory)
         rows.append(("cpu", f"{threads} thread" + "s" * (threads > 1), "float32", "B=2 256x256", result))
     if torch.cuda.is_available():
         sync = torch.cuda.synchronize
@@ -125,9 +143,11 @@ def run(args):
     if not args.no_write:
         markdown = (
             "## prototype_logsumexp: fused operator vs straightforward PyTorch\n\n"
-            f"Machine: {common.machine()}. Command: `{common.command()}`.\n"
+            f"Machine: {common.machine()}. Command: `{common.command()}`. Load average (1 min) before the run: "
+            f"{load_before:.2f} (the cores are shared).\n"
             "D=64, C=11, K=5, temperature 0.05, random `allowed` (30% of classes possible) and `valid` (95%).\n"
-            "Times are medians; extra memory is the peak beyond the inputs and their gradients during one\n"
+            f"Times are medians of {args.repeats} repeats, the fused and plain variants timed in turn within each "
+            "repeat on CPU;\nextra memory is the peak beyond the inputs and their gradients during one\n"
             "forward+backward (CPU: peak resident memory in a fresh process; GPU: the caching allocator's peak).\n"
             "Targets: CPU fwd+bwd >= 5x faster with <= 1/4 of the extra memory; GPU within 2x of the ~0.6 ms\n"
             "memory-traffic floor (fp32, H100) and >= 10x faster.\n\n" + text + "\n"
@@ -137,7 +157,7 @@ def run(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed runs per figure (median reported)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/RESULTS.md alone")
     parser.add_argument("--memory", nargs=4, metavar=("IMPL", "THREADS", "BATCH", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
