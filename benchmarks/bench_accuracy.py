@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -316,18 +317,20 @@ def load_variants(path: str) -> dict:
     return content
 
 
-def reproduce_command() -> str:
-    """The command that reproduces the tables: this one without the options that only choose where outputs go or
-    skip training (``--root``, ``--report-only``, ``--no-write``)."""
-    words, kept, skip = common.command().split(" "), [], False
-    for word in words:
+def reproduce_command(argv=None) -> str:
+    """The command that reproduces the tables: this one (``argv``, default ``sys.argv``) without the options that
+    only choose where outputs go, skip training or annotate the report (``--root``, ``--note``, ``--report-only``,
+    ``--no-write``)."""
+    argv = list(sys.argv if argv is None else argv)
+    kept, skip = [], False
+    for word in argv[1:]:
         if skip:
             skip = False
-        elif word == "--root":
+        elif word in ("--root", "--note"):
             skip = True
-        elif not word.startswith("--root=") and word not in ("--report-only", "--no-write"):
-            kept.append(word)
-    return " ".join(kept)
+        elif not word.startswith(("--root=", "--note=")) and word not in ("--report-only", "--no-write"):
+            kept.append(shlex.quote(word))
+    return " ".join(["python", os.path.relpath(argv[0], REPO), *kept])
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -340,6 +343,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="extra config file(s) after the method file (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override for every run, VALUE in YAML (repeatable)")
+    parser.add_argument("--note", default="", help="free text written under the command in RESULTS.md")
     parser.add_argument("--root", default=None,
                         help="output root (default: runs/accuracy/<profile>, or runs/ablation/<profile>)")
     parser.add_argument("--gpu", action="store_true",
@@ -430,6 +434,7 @@ def main(argv=None) -> int:
         f"{', '.join(configs_extra) or 'none'}"
         + (f"; overrides {shared}" if shared else "") + ".\n\n"
         f"Command (resumable; `--report-only` rebuilds the tables from finished runs): `{reproduce_command()}`\n\n"
+        + (f"{args.note}\n\n" if args.note else "")
     )
     if variants:
         markdown = (
@@ -450,8 +455,9 @@ def main(argv=None) -> int:
         + "Test mean Dice (%) over the classes present in the test split, of the best-validation checkpoint; mean ±"
         " sample std over seeds (number of seeds). The seed draws the cross-sub-volume split and the images that keep"
         " masks, so each seed is a different experiment and the paired rows compare methods on the same one. All"
-        " methods train for the same number of iterations; masks only, FixMatch + PLF and DSP share the weak"
-        " annotations (tags, boxes, points) of the images without masks.\n\n"
+        " methods train for the same number of iterations. The U-Net learns from the masked images only; FixMatch +"
+        " PLF also uses the weak annotations (tags, boxes, points) of the other images, through the filtering of its"
+        " pseudo-labels; DSP uses them through the filtering and the DSP loss.\n\n"
         + summary_table(results, "test") + "\n\n"
         + f"![Dice versus ACR]({plot_path.name})\n\n"
         + "Per-seed test mean Dice (%):\n\n" + seed_table(results, "test") + "\n\n"

@@ -124,10 +124,13 @@ def test_a_trained_but_unevaluated_run_is_only_evaluated(bench, tmp_path, monkey
     assert (folder / "overrides.yaml").read_text() == 'lambda_dsp: 0.5\ndsp_views: "weak"\n'
 
 
-def test_reproduce_command_drops_output_only_options(bench, monkeypatch):
-    monkeypatch.setattr(bench.common, "command",
-                        lambda: "python benchmarks/bench_accuracy.py --acrs 1 32 --root /tmp/x --report-only")
-    assert bench.reproduce_command() == "python benchmarks/bench_accuracy.py --acrs 1 32"
+def test_reproduce_command_drops_output_only_options(bench):
+    script = str(BENCH)
+    argv = [script, "--acrs", "1", "32", "--root", "/tmp/x", "--report-only", "--note", "seeds 3 and 4 later",
+            "--note=x", "--no-write", "--set", "lambda_dsp=0.5 "]
+    assert bench.reproduce_command(argv) == (
+        "python benchmarks/bench_accuracy.py --acrs 1 32 --set 'lambda_dsp=0.5 '"
+    )
 
 
 def test_variants_file_is_validated(bench, tmp_path):
