@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-from common import command, machine, table  # noqa: E402
 
 from dsp_monai.annotations import collate_annotations  # noqa: E402
 from dsp_monai.losses import dsp_loss  # noqa: E402
@@ -252,7 +251,7 @@ def main():
         f"{args.boxes} boxes and {args.points} points per image, tags on {tagged} images, masks on {masked}, "
         f"float32, device {device}"
     )
-    text = table(("what", "threads", "median ms", "best ms", "x ours"), rows)
+    text = common.table(("what", "threads", "median ms", "best ms", "x ours"), rows)
     values = ", ".join(f"{name} {float(got[name].detach()):.4f}" for name in (*TYPES, "total"))
     summary = (
         f"Ours is {', '.join(speedups)} faster than the baseline; both give the same loss ({values}). The "
@@ -265,7 +264,8 @@ def main():
         common.write_section(
             "bench_dsp_loss",
             "## DSP loss: forward + backward (benchmarks/bench_dsp_loss.py)\n\n"
-            f"Machine: {machine()}; load average before the run {load_before}\n\nCommand: `{command()}`\n\n"
+            f"Machine: {common.machine()}; load average before the run {load_before}\n\n"
+            f"Command: `{common.command()}`\n\n"
             f"Setting: {setting}; medians over {args.repeats} repeats ({args.baseline_repeats} for the baseline)."
             f"\n\n{text}\n\n{summary}\n",
         )
