@@ -1,23 +1,32 @@
 """Training and evaluation workflows on MONAI engines, used by the bundle in ``bundle/``.
 
-- :mod:`dsp_monai.engines.trainer`: :class:`DSPTrainer`, the DSP recipe (and its baselines by weights);
+- :mod:`dsp_monai.engines.trainer`: :class:`MethodTrainer`, every method as named loss terms (docs/methods.md);
 - :mod:`dsp_monai.engines.data`: from a datalist to an experiment's items and their transform chains;
 - :mod:`dsp_monai.engines.metrics`: per-class Dice (:class:`ClassDice`);
-- :mod:`dsp_monai.engines.handlers`: reproducible epochs, resumable checkpoints, run summary, overlays;
+- :mod:`dsp_monai.engines.handlers`: reproducible epochs, resumable checkpoints, run summary, overlays, EMA update;
 - :mod:`dsp_monai.engines.evaluation`: test-set reports and inference outputs.
 """
 
 import json
 import os
 
-from .handlers import EpochSeeder, PredictionOverlays, ProgressBar, RandomStates, RunSummary, latest_checkpoint
+from .handlers import (
+    EMAUpdate,
+    EpochSeeder,
+    PredictionOverlays,
+    ProgressBar,
+    RandomStates,
+    RunSummary,
+    latest_checkpoint,
+)
 from .metrics import ClassDice
-from .trainer import DSPTrainer
+from .trainer import MethodTrainer
 
 __all__ = [
     "ClassDice",
-    "DSPTrainer",
+    "EMAUpdate",
     "EpochSeeder",
+    "MethodTrainer",
     "PredictionOverlays",
     "ProgressBar",
     "RandomStates",

@@ -1,5 +1,5 @@
-"""Ignite / MONAI handlers of the training workflow: reproducible epochs, resumable checkpoints, the run summary
-and prediction overlays."""
+"""Ignite / MONAI handlers of the training workflow: reproducible epochs, resumable checkpoints, the run summary,
+prediction overlays, the progress bar and the EMA teacher's update."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ignite.engine import Engine, Events
 from dsp_monai.engines.metrics import per_class_from_metrics
 
 __all__ = [
+    "EMAUpdate",
     "EpochSeeder",
     "PredictionOverlays",
     "ProgressBar",
@@ -228,19 +229,43 @@ class PredictionOverlays:
 
 
 class ProgressBar:
-    """A tqdm progress bar over each epoch's iterations showing the running loss (ignite's ProgressBar, attachable
-    from a bundle config, which calls ``attach(engine)`` only).
+    """A tqdm progress bar over each epoch's iterations showing the loss and each loss term by name (ignite's
+    ProgressBar, attachable from a bundle config, which calls ``attach(engine)`` only).
 
     Args:
         persist: keep each epoch's bar on screen when it ends.
         loss_key: the engine output's loss entry.
+        terms_key: the engine output's entry of the loss terms (name -> float), shown after the loss.
     """
 
-    def __init__(self, persist: bool = False, loss_key: str = "loss") -> None:
+    def __init__(self, persist: bool = False, loss_key: str = "loss", terms_key: str = "terms") -> None:
         from ignite.handlers import ProgressBar as IgniteProgressBar
 
         self.bar = IgniteProgressBar(persist=persist)
-        self.loss_key = loss_key
+        self.loss_key, self.terms_key = loss_key, terms_key
+
+    def _shown(self, output) -> dict:
+        return {self.loss_key: float(output[self.loss_key]), **output.get(self.terms_key, {})}
 
     def attach(self, engine: Engine) -> None:
-        self.bar.attach(engine, output_transform=lambda output: {self.loss_key: float(output[self.loss_key])})
+        self.bar.attach(engine, output_transform=self._shown)
+
+
+class EMAUpdate:
+    """After every training iteration, one step of an :class:`~dsp_monai.networks.EMATeacher` towards the network.
+
+    Args:
+        teacher: the EMA teacher.
+        network: the network being trained (None: the engine's network).
+    """
+
+    def __init__(self, teacher, network=None) -> None:
+        if not hasattr(teacher, "update"):
+            raise TypeError(f"EMAUpdate: teacher must be a dsp_monai.networks.EMATeacher; got {type(teacher).__name__}")
+        self.teacher, self.network = teacher, network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.teacher.update(self.network if self.network is not None else engine.network)

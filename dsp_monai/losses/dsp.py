@@ -19,7 +19,15 @@ from ..annotations import ANNOTATION_TYPES, AnnotationBatch, collate_annotations
 from ..ops import prototype_logsumexp
 from .distributed import all_reduce_max, all_reduce_sum, check_option, resolve_group
 
-__all__ = ["DSPLoss", "dsp_loss", "positive_sums", "prepare_annotations"]
+__all__ = [
+    "DSPLoss",
+    "DSPTerm",
+    "dsp_loss",
+    "dsp_loss_from_scores",
+    "positive_sums",
+    "prepare_annotations",
+    "prototype_scores",
+]
 
 
 def _shape(tensor_or_sizes) -> list:
@@ -237,8 +245,38 @@ def dsp_loss(
     batch = prepare_annotations(
         annotations, prototypes.shape[0], embeddings.shape[2:], embeddings.shape[0], embeddings.device, ignore_index
     )
-    valid = None if batch.all_valid else batch.valid
-    logits, log_z = prototype_logsumexp(embeddings, prototypes, float(temperature), batch.allowed, valid)
+    logits, log_z = prototype_scores(embeddings, prototypes, temperature, batch)
+    return dsp_loss_from_scores(logits, log_z, batch, group)
+
+
+def prototype_scores(embeddings: torch.Tensor, prototypes: torch.Tensor, temperature: float,
+                     annotations: AnnotationBatch) -> tuple:
+    """``(logits, log_z)``: the class scores s_c (B, C, *spatial) of the embeddings and the decoupled log Z_c (C,)
+    of S.3 under the annotations' possible classes, in one pass of :func:`dsp_monai.ops.prototype_logsumexp`.
+
+    Args:
+        embeddings: (B, D, *spatial) pixel embeddings.
+        prototypes: (C, K, D) class prototypes.
+        temperature: tau > 0.
+        annotations: the :class:`AnnotationBatch` of the batch (its possible classes and valid pixels).
+    """
+    valid = None if annotations.all_valid else annotations.valid
+    return prototype_logsumexp(embeddings, prototypes, float(temperature), annotations.allowed, valid)
+
+
+def dsp_loss_from_scores(logits: torch.Tensor, log_z: torch.Tensor, batch: AnnotationBatch,
+                         group=None) -> Dict[str, torch.Tensor]:
+    """The DSP loss of :func:`dsp_loss` (all lambdas 1) from the scores of :func:`prototype_scores`.
+
+    Args:
+        logits: (B, C, *spatial) class scores s_c.
+        log_z: (C,) log Z_c of this process's batch.
+        batch: the matching :class:`AnnotationBatch`.
+        group: None, or the process group to reduce Z_c and the positives over (see :func:`dsp_loss`).
+
+    Returns:
+        the dict of :func:`dsp_loss`.
+    """
     sums = positive_sums(logits, batch, log_z.dtype)
     counts = batch.counts.to(sums.dtype)
     if group is not None:
@@ -332,5 +370,51 @@ class DSPLoss(_Loss):
             the dict of :func:`dsp_loss`, its ``"total"`` weighted by the lambdas (the per-type terms unweighted).
         """
         out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed)
+        return self._weighted(out)
+
+    def from_scores(
+        self, logits: torch.Tensor, log_z: torch.Tensor, annotations: AnnotationBatch
+    ) -> Dict[str, torch.Tensor]:
+        """The weighted DSP loss from :func:`prototype_scores` (scores computed once and shared with other terms).
+
+        Args:
+            logits: (B, C, *spatial) class scores.
+            log_z: (C,) log Z_c of this process's batch.
+            annotations: the matching :class:`AnnotationBatch` (its ignore value must be this loss's).
+
+        Returns:
+            the dict of :meth:`forward`.
+        """
+        batch = prepare_annotations(annotations, logits.shape[1], logits.shape[2:], logits.shape[0], logits.device,
+                                    self.ignore_index)
+        return self._weighted(dsp_loss_from_scores(logits, log_z, batch, resolve_group(self.distributed)))
+
+    def _weighted(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, ANNOTATION_TYPES))
         return out
+
+
+class DSPTerm:
+    """Loss term (:mod:`dsp_monai.losses.terms`) of the DSP loss on one view: its total is the :class:`DSPLoss`
+    with its per-type weights, its parts the unweighted per-type values (``mask``, ``box``, ``point``, ``image``).
+
+    The view's scores are computed once per batch (:meth:`~dsp_monai.losses.terms.BatchContext.scores`) and are
+    also the view's logits for the other terms (cross-entropy, pseudo-labels).
+
+    Args:
+        loss: the :class:`DSPLoss`.
+        view: ``"weak"`` or ``"strong"``.
+    """
+
+    outputs = ("embeddings",)
+
+    def __init__(self, loss: DSPLoss, view: str = "weak") -> None:
+        if not isinstance(loss, DSPLoss):
+            raise TypeError(f"DSPTerm: loss must be a dsp_monai.losses.DSPLoss; got {type(loss).__name__}")
+        self.loss, self.view = loss, view
+        self.views = (view,)
+
+    def __call__(self, context) -> Dict[str, torch.Tensor]:
+        logits, log_z = context.scores(self.view)
+        out = self.loss.from_scores(logits, log_z, context.annotations)
+        return {"total": out["total"], **{name: out[name] for name in ANNOTATION_TYPES}}

@@ -1,4 +1,4 @@
-"""The DSP head (projection + class prototypes, method.md §2) and the network wrappers around it."""
+"""The DSP head (projection + class prototypes, docs/method.md) and the network wrappers around it."""
 
 import math
 from typing import Sequence, Union
@@ -21,7 +21,7 @@ def _positive_int(name: str, value, upper: Union[int, None] = None) -> int:
 
 
 class DSPHead(nn.Module):
-    """Projection head and class prototypes of Decoupled Semantic Prototypes (method.md §2).
+    """Projection head and class prototypes of Decoupled Semantic Prototypes (docs/method.md).
 
     ``embed``: BatchNorm, 1x1 conv in_channels -> D, LeakyReLU, 1x1 conv D -> D (the pixel embeddings; normalised
     where they are scored). ``forward``: the class scores ``s_c = mean_k cos(f, P[c, k]) / temperature``.
@@ -112,10 +112,10 @@ def _prototype_dtype(embeddings: torch.Tensor) -> torch.dtype:
 class DSPNet(nn.Module):
     """A dense backbone followed by a :class:`DSPHead`.
 
-    ``forward`` returns the logits only, so MONAI inferers (sliding windows) and metrics use it as any segmentation
-    network; :meth:`embed` (or ``forward(images, return_embeddings=True)``, the form to use through
-    DistributedDataParallel so that DDP's forward bookkeeping runs) returns the embeddings the DSP loss takes,
-    with :attr:`prototypes` and :attr:`temperature`.
+    ``forward(images)`` returns the logits only, so MONAI inferers (sliding windows) and metrics use it as any
+    segmentation network; ``forward(images, outputs=("embeddings",))`` (the form a trainer calls through
+    DistributedDataParallel, so that DDP's forward bookkeeping runs) returns named outputs, the embeddings the DSP
+    loss takes with :attr:`prototypes` and :attr:`temperature`, and / or the logits.
 
     Args:
         backbone: maps (B, in, *spatial) images to (B, head in_channels, *spatial) features.
@@ -151,16 +151,31 @@ class DSPNet(nn.Module):
         """Pixel embeddings (B, D, *spatial) of images (B, in, *spatial), for the DSP loss."""
         return self.head.embed(self.backbone(images))
 
-    def forward(self, images: torch.Tensor, return_embeddings: bool = False) -> torch.Tensor:
-        """Logits (B, C, *spatial) of images (B, in, *spatial); with ``return_embeddings`` the embeddings
-        (B, D, *spatial) instead (what a trainer calls through a DistributedDataParallel wrapper)."""
-        if return_embeddings:
-            return self.embed(images)
-        return self.head(self.backbone(images))
+    output_names = ("embeddings", "logits")
+
+    def forward(self, images: torch.Tensor, outputs: Union[Sequence[str], None] = None):
+        """Logits (B, C, *spatial) of images (B, in, *spatial); with ``outputs`` (names among
+        :attr:`output_names`) a dict of those outputs: ``embeddings`` (B, D, *spatial), ``logits``.
+
+        Raises:
+            ValueError: for an unknown output name.
+        """
+        if outputs is None:
+            return self.head(self.backbone(images))
+        unknown = set(outputs) - set(self.output_names)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has the outputs {list(self.output_names)}; got {sorted(unknown)}")
+        embeddings = self.embed(images)
+        result = {}
+        if "embeddings" in outputs:
+            result["embeddings"] = embeddings
+        if "logits" in outputs:
+            result["logits"] = self.head.score(embeddings)
+        return result
 
 
 class DSPBasicUNet(DSPNet):
-    """MONAI's BasicUNet feeding a :class:`DSPHead`: the paper's network (method.md §2).
+    """MONAI's BasicUNet feeding a :class:`DSPHead`: the paper's network (docs/method.md).
 
     The U-Net's last 1x1 convolution maps its decoder output (``features[5]`` channels) to ``backbone_channels``
     channels, the head's input; the head projects them to ``embedding_dim``.

@@ -7,7 +7,7 @@ Importing this package loads the compiled library ``dsp_monai._C``, which regist
 - :func:`pack_allowed` / :func:`unpack_allowed`: possible-class masks to and from their int64 bit-mask form.
 - :func:`prototype_logsumexp_reference`: a readable pure-PyTorch statement of the same function (the test oracle).
 - :func:`geodesic_distance` / :func:`euclidean_distance`: exact distance maps from seed points, all maps of a batch
-  in one call (and their pure-PyTorch references).
+  in one call (and their pure-PyTorch references); :func:`normalise_distance` makes regression targets of them.
 """
 
 from . import _library  # noqa: F401  (loads dsp_monai._C on its own line so a missing build says so)
@@ -16,6 +16,7 @@ from .geodesic_distance import (
     euclidean_distance_reference,
     geodesic_distance,
     geodesic_distance_reference,
+    normalise_distance,
 )
 from .prototype_logsumexp import MAX_CLASSES, pack_allowed, prototype_logsumexp, unpack_allowed
 from .reference import prototype_logsumexp_reference
@@ -26,6 +27,7 @@ __all__ = [
     "euclidean_distance_reference",
     "geodesic_distance",
     "geodesic_distance_reference",
+    "normalise_distance",
     "pack_allowed",
     "prototype_logsumexp",
     "prototype_logsumexp_reference",

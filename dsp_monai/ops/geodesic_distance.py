@@ -30,6 +30,7 @@ __all__ = [
     "euclidean_distance_reference",
     "geodesic_distance",
     "geodesic_distance_reference",
+    "normalise_distance",
 ]
 
 _GEODESIC = "geodesic_distance: "
@@ -188,6 +189,36 @@ def euclidean_distance(seeds: torch.Tensor, spacing: Optional[Sequence[float]] =
         8.544
     """
     return torch.ops.dsp_monai.euclidean_distance(seeds, _spacing_list(spacing))
+
+
+def normalise_distance(
+    dist: torch.Tensor, truncation: Optional[float] = None, sigma: Optional[float] = None
+) -> torch.Tensor:
+    """Distances as a regression target: ``min(d, truncation)`` when ``truncation`` is set, then ``exp(-d / sigma)``
+    when ``sigma`` is set (1 at the seeds, towards 0 far away); unchanged when neither is. +inf (a map without
+    seeds) becomes ``truncation``, 0, or ``exp(-truncation / sigma)``.
+
+    Args:
+        dist: distances (any shape), e.g. of :func:`euclidean_distance` or :func:`geodesic_distance`.
+        truncation: None or > 0.
+        sigma: None or > 0.
+
+    Raises:
+        ValueError: for a truncation or sigma that is not > 0.
+
+    Example:
+        >>> import torch
+        >>> normalise_distance(torch.tensor([0.0, 2.0, float("inf")]), truncation=4.0).tolist()
+        [0.0, 2.0, 4.0]
+    """
+    for name, value in (("truncation", truncation), ("sigma", sigma)):
+        if value is not None and not value > 0:
+            raise ValueError(f"normalise_distance: {name} must be None or > 0; got {value}")
+    if truncation is not None:
+        dist = dist.clamp_max(truncation)
+    if sigma is not None:
+        dist = torch.exp(-dist / sigma)
+    return dist
 
 
 def _offsets(dims: int):

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, optional_import
 
-from ..ops import euclidean_distance, geodesic_distance
+from ..ops import euclidean_distance, geodesic_distance, normalise_distance
 
 ndimage, _ = optional_import("scipy.ndimage")
 
@@ -169,11 +169,7 @@ class PointDistanceMaps(Transform):
 
     def normalise(self, dist: torch.Tensor) -> torch.Tensor:
         """Applies the truncation and the exponential, in this order, to distances."""
-        if self.truncation is not None:
-            dist = dist.clamp_max(self.truncation)
-        if self.sigma is not None:
-            dist = torch.exp(-dist / self.sigma)
-        return dist
+        return normalise_distance(dist, self.truncation, self.sigma)
 
     def __call__(
         self,

@@ -67,7 +67,12 @@ def test_net_forward_gives_logits_usable_by_a_sliding_window_inferer():
     assert isinstance(whole, torch.Tensor) and whole.shape == (2, 3, 20, 13)
     torch.testing.assert_close(windows, whole, rtol=1e-5, atol=1e-5)
     assert net.embed(images).shape == (2, 8, 20, 13)
-    torch.testing.assert_close(net(images, return_embeddings=True), net.embed(images))
+    named = net(images, outputs=("embeddings", "logits"))
+    torch.testing.assert_close(named["embeddings"], net.embed(images))
+    torch.testing.assert_close(named["logits"], whole)
+    assert net(images, outputs=("embeddings",)).keys() == {"embeddings"}
+    with pytest.raises(ValueError, match=r"DSPNet has the outputs \['embeddings', 'logits'\]; got \['point_distance'\]"):
+        net(images, outputs=("point_distance",))
     assert net.prototypes is net.head.prototypes and net.temperature == 0.05
 
 
