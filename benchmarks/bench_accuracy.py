@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-METHOD_LABELS = {"unet": "U-Net (masks only)", "fixmatch_plf": "FixMatch + PLF", "dsp": "DSP"}
+METHOD_LABELS = {"unet": "U-Net (masks only)", "fixmatch_plf": "FixMatch + PLF", "dsp": "DSP",
+                 "euclidean_branch": "Euclidean point branch", "geodesic_branch": "Geodesic point branch"}
 METHOD_ORDER = ("unet", "fixmatch_plf", "dsp")
 CPU_PROFILE = "configs/sweeps/cpu_study.yaml"
 

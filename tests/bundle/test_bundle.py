@@ -14,6 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
 TRAIN = str(CONFIGS / "train.yaml")
+INFERENCE = f"['{TRAIN}','{CONFIGS / 'inference.yaml'}']"
 
 
 def run(args, cwd, env=None, check=True):
@@ -82,7 +83,7 @@ def test_metadata_matches_the_default_classes():
 
 def test_network_input_and_output_shapes(tmp_path):
     done = bundle("verify_net_in_out", "network_def", "--meta_file", str(CONFIGS / "metadata.json"), "--config_file",
-                  str(CONFIGS / "inference.yaml"), cwd=tmp_path)
+                  INFERENCE, cwd=tmp_path)
     assert "verified with no error" in done.stdout + done.stderr
 
 
@@ -107,7 +108,7 @@ def test_train_evaluate_and_infer_from_the_command_line(tiny_datalist, tmp_path)
     assert "| **mean** |" in (out / "test_metrics.md").read_text()
 
     predictions = tmp_path / "predictions"
-    bundle("run", "--config_file", str(CONFIGS / "inference.yaml"), "--input", tiny_datalist, "--output_dir",
+    bundle("run", "--config_file", INFERENCE, "--input", tiny_datalist, "--output_dir",
            str(predictions), "--checkpoint", str(out / "models" / "model.pt"), "--roi_size", "[64,64]",
            "--sizes#cpu#features", "[4,4,8,8,16,4]", "--sizes#cpu#embedding_dim", "8", cwd=tmp_path)
     masks = sorted(predictions.glob("*_seg.zarr"))
@@ -118,28 +119,35 @@ def test_train_evaluate_and_infer_from_the_command_line(tiny_datalist, tmp_path)
     assert mask.shape == (64, 64) and mask.dtype == "uint8" and int(mask[...].max()) < 11
 
 
-def _weights(path):
+def _weights(path, part="network"):
     state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["network"]
+    return state[part]
 
 
-def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_datalist, tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"pseudo_label_source": "ema"}], ids=["student", "ema_teacher"])
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_datalist, tmp_path, extra):
     interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
     # A 3-epoch run that stops after its first epoch (same schedule), then the same command again.
     bundle("run", "training", "--config_file", TRAIN,
-           *tiny(tiny_datalist, interrupted, max_epochs=1, lr_schedule_epochs=3), cwd=tmp_path)
+           *tiny(tiny_datalist, interrupted, max_epochs=1, lr_schedule_epochs=3, **extra), cwd=tmp_path)
     assert (interrupted / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
-    resumed = bundle("run", "training", "--config_file", TRAIN, *tiny(tiny_datalist, interrupted, max_epochs=3),
-                     cwd=tmp_path)
+    resumed = bundle("run", "training", "--config_file", TRAIN,
+                     *tiny(tiny_datalist, interrupted, max_epochs=3, **extra), cwd=tmp_path)
     log = resumed.stdout + resumed.stderr
     assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
     assert "Epoch [2/3]" in log and "Epoch [1/3]" not in log
-    bundle("run", "training", "--config_file", TRAIN, *tiny(tiny_datalist, straight, max_epochs=3), cwd=tmp_path)
-    a = _weights(interrupted / "checkpoints" / "checkpoint_epoch=3.pt")
-    b = _weights(straight / "checkpoints" / "checkpoint_epoch=3.pt")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    bundle("run", "training", "--config_file", TRAIN, *tiny(tiny_datalist, straight, max_epochs=3, **extra),
+           cwd=tmp_path)
+    # The EMA teacher is checkpointed with the network; a restarted teacher would differ.
+    parts = ["network", "teacher"] if extra else ["network"]
+    saved = torch.load(straight / "checkpoints" / "checkpoint_epoch=3.pt", map_location="cpu", weights_only=False)
+    assert ("teacher" in saved) == bool(extra)
+    for part in parts:
+        a = _weights(interrupted / "checkpoints" / "checkpoint_epoch=3.pt", part)
+        b = _weights(straight / "checkpoints" / "checkpoint_epoch=3.pt", part)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{part}: {key}"
 
 
 def _free_port():

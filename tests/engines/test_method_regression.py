@@ -1,8 +1,9 @@
 """Regression of the training methods: the loss terms of the first iterations of dsp, fixmatch_plf and unet (and two
-DSP variants), built through the bundle's config files, equal the values recorded in
+DSP variants, and the point branches), built through the bundle's config files, equal the values recorded in
 ``fixtures/method_loss_terms.json`` (to 1e-6).
 
-The fixture was recorded before the trainer became a list of named loss terms, so it pins that refactor. Record it
+The fixture of dsp, fixmatch_plf and unet was recorded before the trainer became a list of named loss terms, so it
+pins that refactor; the point branches' entries were recorded when they were added. Record it
 again only on purpose (a method's numbers are meant to change): ``DSP_RECORD_FIXTURE=1 python -m pytest
 tests/engines/test_method_regression.py``.
 """
@@ -30,6 +31,9 @@ CASES = {
     "unet": ("unet", {}),
     "dsp_ema_teacher": ("dsp", {"pseudo_label_source": "ema", "ema_decay": 0.5}),
     "dsp_weak_view_only": ("dsp", {"loss_terms#dsp_strong#weight": 0.0}),
+    # recorded when the point branches were added (masks + points):
+    "euclidean_branch": ("euclidean_branch", {"weak_types": ["points"]}),
+    "geodesic_branch": ("geodesic_branch", {"weak_types": ["points"]}),
 }
 
 
@@ -84,6 +88,8 @@ def comparable(record: dict) -> dict:
            "dsp": record.get("dsp_weak", 0.0) + record.get("dsp_strong", 0.0)}
     if "dsp_weak" in record:
         out.update({f"dsp_{kind}": record[f"dsp_weak_{kind}"] for kind in ("mask", "box", "point", "image")})
+    if "point_distance" in record:
+        out["point_distance"] = record["point_distance"]
     return out
 
 
