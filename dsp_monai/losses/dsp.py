@@ -1,4 +1,4 @@
-"""The DSP loss: decoupled prototype contrast against every annotation type at once (method.md §4, supplement
+"""The DSP loss: decoupled prototype contrast against every annotation type at once (docs/method.md, supplement
 S.3-S.8).
 
     L_DSP = sum_l lambda_l sum_c [ |Omega_c^l| > 0 ] * ( log Z_c - mean(Omega_c^l) )              (S.8)
@@ -156,7 +156,7 @@ def _tag_scores(flat_logits: torch.Tensor, annotations: AnnotationBatch, dtype: 
 
 
 def positive_sums(logits: torch.Tensor, annotations: AnnotationBatch, dtype: torch.dtype) -> torch.Tensor:
-    """Sum of the positive scores per annotation type and class (method.md §4), differentiable w.r.t. ``logits``.
+    """Sum of the positive scores per annotation type and class (docs/method.md), differentiable w.r.t. ``logits``.
 
     Mask and point positives are the scores at the labelled pixels and points; box positives the maximum of the
     box's class score over each line of the box (rows and columns in 2D, the slices along each axis in 3D; padding
@@ -188,7 +188,7 @@ def dsp_loss(
     ignore_index: int = 255,
     distributed: Union[bool, object] = False,
 ) -> Dict[str, torch.Tensor]:
-    """The DSP loss of every annotation type (method.md §4, supplement S.3-S.8), with all lambdas 1.
+    """The DSP loss of every annotation type (docs/method.md, supplement S.3-S.8), with all lambdas 1.
 
     For each type l in (mask, box, point, image) the term is ``sum_c [|Omega_c^l| > 0] (log Z_c -
     mean(Omega_c^l))``: mask positives are the scores s_c of the pixels labelled c; point positives the scores

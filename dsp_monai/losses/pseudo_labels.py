@@ -1,4 +1,4 @@
-"""Pseudo-label filtering (PLF, method.md §5): the weak view's prediction restricted to the classes the annotations
+"""Pseudo-label filtering (PLF, docs/method.md): the weak view's prediction restricted to the classes the annotations
 allow, as the cross-entropy target of the strong view."""
 
 import math
@@ -23,7 +23,7 @@ def filter_pseudo_labels(
     threshold: float = 0.0,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Pseudo-labels from weak-view logits, filtered by the annotations' possible classes (method.md §5).
+    """Pseudo-labels from weak-view logits, filtered by the annotations' possible classes (docs/method.md).
 
     At every pixel the scores of the impossible classes are set to -inf and the argmax is the pseudo-label;
     labelled pixels take their label. Pixels where no class is possible, padding, and (with ``threshold`` > 0)
@@ -71,7 +71,7 @@ def filter_pseudo_labels(
 
 
 class PseudoLabelFilter:
-    """Transform-style pseudo-label filtering (method.md §5); see :func:`filter_pseudo_labels`.
+    """Transform-style pseudo-label filtering (docs/method.md); see :func:`filter_pseudo_labels`.
 
     Args:
         threshold: minimum confidence (largest softmax probability over the possible classes) in [0, 1]; default 0.
