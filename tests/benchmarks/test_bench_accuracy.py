@@ -114,14 +114,14 @@ def test_a_trained_but_unevaluated_run_is_only_evaluated(bench, tmp_path, monkey
     calls = []
     monkeypatch.setattr(bench, "_call", lambda args, log: calls.append(args))
     outcome = bench.execute(folder, ["bundle/configs/train.yaml", "configs/methods/dsp.yaml"], 8, 2,
-                            {"lambda_dsp": 0.5, "dsp_views": "weak"})
+                            {"lambda_dsp": 0.5, "pseudo_label_source": "ema"})
     assert outcome["status"] == "ran" and len(calls) == 1
     args = calls[0]
     assert args[:5] == [sys.executable, "-m", "monai.bundle", "run", "evaluating"]
     configs = args[args.index("--config_file") + 1]
     assert configs.endswith(f"'{folder / 'overrides.yaml'}','bundle/configs/evaluate.yaml']")
     assert args[args.index("--acr") + 1] == "8" and args[args.index("--seed") + 1] == "2"
-    assert (folder / "overrides.yaml").read_text() == 'lambda_dsp: 0.5\ndsp_views: "weak"\n'
+    assert (folder / "overrides.yaml").read_text() == 'lambda_dsp: 0.5\npseudo_label_source: "ema"\n'
 
 
 def test_reproduce_command_drops_output_only_options(bench):
@@ -135,8 +135,8 @@ def test_reproduce_command_drops_output_only_options(bench):
 
 def test_variants_file_is_validated(bench, tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("reference: {description: defaults}\nweak_only: {overrides: {dsp_views: weak}}\n")
-    assert bench.load_variants(str(good))["weak_only"]["overrides"] == {"dsp_views": "weak"}
+    good.write_text("reference: {description: defaults}\nweak_only: {overrides: {loss_terms#dsp_strong#weight: 0}}\n")
+    assert bench.load_variants(str(good))["weak_only"]["overrides"] == {"loss_terms#dsp_strong#weight": 0}
     bad = tmp_path / "bad.yaml"
     bad.write_text("broken: {overrides: [1, 2]}\n")
     with pytest.raises(ValueError, match="variant 'broken'"):
