@@ -61,7 +61,8 @@ def point_distance_targets(
         raise ValueError(f"point_distance_targets: metric must be one of {METRICS}; got {metric!r}")
     seeds = point_seeds(annotations)
     has_points = seeds.flatten(2).any(2)
-    targets = torch.full(seeds.shape, math.inf, dtype=torch.float32, device=seeds.device)
+    unseeded = float(normalise_distance(torch.tensor(math.inf), truncation, sigma))
+    targets = torch.full(seeds.shape, unseeded, dtype=torch.float32, device=seeds.device)
     images, classes = has_points.nonzero(as_tuple=True)
     if len(images):
         chosen = seeds[images, classes].unsqueeze(1)
@@ -72,8 +73,8 @@ def point_distance_targets(
             dist = geodesic_distance(intensities[images], chosen, spacing, lamb)
         else:
             dist = euclidean_distance(chosen, spacing)
-        targets[images, classes] = dist[:, 0]
-    return normalise_distance(targets, truncation, sigma), has_points
+        targets[images, classes] = normalise_distance(dist[:, 0], truncation, sigma)
+    return targets, has_points
 
 
 class PointDistanceLoss:
