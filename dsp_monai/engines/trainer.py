@@ -23,12 +23,12 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from dsp_monai.annotations import collate_annotations
-from dsp_monai.losses import BatchContext, build_loss_terms
+from dsp_monai.losses import VIEWS, BatchContext, build_loss_terms, required_outputs, required_views
 
 __all__ = ["MethodTrainer"]
 
-VIEW_KEYS = {"weak": "image", "strong": "image_strong"}
-"""The batch key of each view."""
+VIEW_KEYS = dict(zip(VIEWS, ("image", "image_strong")))
+"""The batch key of each view of :data:`dsp_monai.losses.VIEWS` (weak, strong)."""
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -67,9 +67,8 @@ class MethodTrainer(SupervisedTrainer):
         super().__init__(**kwargs)
         self.loss_terms = build_loss_terms(loss_terms)
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)
-        wanted = {view for term in self.loss_terms for view in term.views}
-        self.views = tuple(view for view in VIEW_KEYS if view in wanted)
-        outputs = {name for term in self.loss_terms for name in term.outputs}
+        self.views = required_views(loss_terms)
+        outputs = set(required_outputs(loss_terms))
         if "embeddings" in outputs:
             outputs.discard("logits")
         self.network_outputs = tuple(sorted(outputs))

@@ -133,8 +133,8 @@ def test_bad_options_are_named(kwargs, pattern):
 
 
 def test_prediction_of_the_wrong_shape_is_named():
-    with pytest.raises(ValueError, match=r"output 'point_distance' must have shape \(B, C, \*spatial\) = \[3, 3, 9, 11\]; "
-                                         r"got \[3, 2, 9, 11\]"):
-        context = context_for(RECORDS, torch.zeros(3, 3, *SHAPE))
-        context.outputs["weak"]["point_distance"] = torch.zeros(3, 2, *SHAPE)
+    context = context_for(RECORDS, torch.zeros(3, 3, *SHAPE))
+    context.outputs["weak"]["point_distance"] = torch.zeros(3, 2, *SHAPE)
+    pattern = r"output 'point_distance' must have shape \(B, C, \*spatial\) = \[3, 3, 9, 11\]; got \[3, 2, 9, 11\]"
+    with pytest.raises(ValueError, match=pattern):
         PointDistanceLoss()(context)

@@ -71,8 +71,8 @@ def test_net_forward_gives_logits_usable_by_a_sliding_window_inferer():
     torch.testing.assert_close(named["embeddings"], net.embed(images))
     torch.testing.assert_close(named["logits"], whole)
     assert net(images, outputs=("embeddings",)).keys() == {"embeddings"}
-    with pytest.raises(ValueError, match=r"DSPNet has the outputs \['embeddings', 'logits'\]; got \['point_distance'\]"):
-        net(images, outputs=("point_distance",))
+    with pytest.raises(ValueError, match=r"DSPNet has the outputs \['embeddings', 'logits'\]; got \['aux'\]"):
+        net(images, outputs=("aux",))
     assert net.prototypes is net.head.prototypes and net.temperature == 0.05
 
 
