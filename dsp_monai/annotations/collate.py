@@ -15,12 +15,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..ops import MAX_CLASSES, unpack_allowed
-from .record import LABEL, VALID, batch_view, image_error, parse_entries, parse_label, parse_valid
+from .record import batch_view, image_error, parse_entries, parse_label, parse_valid
+from .vocabulary import LABEL, VALID, box_problem, point_problem
 
-__all__ = ["ANNOTATION_TYPES", "AnnotationBatch", "collate_annotations", "validate_record"]
-
-ANNOTATION_TYPES = ("mask", "box", "point", "image")
-"""The annotation types of the DSP loss, in the row order of :attr:`AnnotationBatch.counts`."""
+__all__ = ["AnnotationBatch", "collate_annotations", "validate_record"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class AnnotationBatch:
         tag_images: (T,) image of each (image, tag) pair (deduplicated; images without a valid pixel left out).
         tag_classes: (T,) class of each pair.
         valid_counts: (B,) number of valid pixels per image.
-        counts: (4, C) int64 number of positives per annotation type (rows in :data:`ANNOTATION_TYPES` order)
-            and class.
+        counts: (4, C) int64 number of positives per source and class (rows in the order of
+            :data:`~dsp_monai.annotations.vocabulary.POSITIVE_TYPES`).
     """
 
     num_classes: int
@@ -204,34 +202,21 @@ def _check_values(parsed: _Parsed, num_classes: int, spatial_shape: Tuple[int, .
     _check_class_ids(parsed, parsed.box_classes, parsed.box_image, parsed.box_local, "box_classes", num_classes)
     _check_class_ids(parsed, parsed.point_classes, parsed.point_image, parsed.point_local, "point_classes", num_classes)
 
-    ndim = len(spatial_shape)
-    sizes = torch.tensor(spatial_shape, dtype=torch.int64, device=parsed.boxes.device)
-    start, end = parsed.boxes[:, :ndim], parsed.boxes[:, ndim:]
-    inverted, empty = start > end, start == end
-    outside = (start < 0) | (end > sizes)
-    position = _first((inverted | empty | outside).any(dim=1))
-    if position is not None:
-        box = _row(parsed.boxes[position])
-        axis = int((inverted | empty | outside)[position].to(torch.uint8).argmax())
-        first, last = box[axis], box[ndim + axis]
-        if bool(inverted[position, axis]):
-            problem = f"is inverted on axis {axis} (start {first} > end {last})"
-        elif bool(empty[position, axis]):
-            problem = f"is empty on axis {axis} (start = end = {first})"
-        else:
-            problem = f"lies outside the image of shape {list(spatial_shape)} on axis {axis}"
+    found = box_problem(parsed.boxes, spatial_shape)
+    if found is not None:
+        row, problem = found
         raise image_error(
-            parsed.image(parsed.box_image[position]),
-            f"boxes[{int(parsed.box_local[position])}] = {box} {problem}; expected [start..., end...] in array "
-            f"order with 0 <= start < end <= size on every axis (end exclusive)",
+            parsed.image(parsed.box_image[row]),
+            f"boxes[{int(parsed.box_local[row])}] = {_row(parsed.boxes[row])} {problem}; expected [start..., end...] "
+            "in array order with 0 <= start < end <= size on every axis (end exclusive)",
         )
-    outside = ((parsed.points < 0) | (parsed.points >= sizes)).any(dim=1)
-    position = _first(outside)
-    if position is not None:
+    found = point_problem(parsed.points, spatial_shape)
+    if found is not None:
+        row, problem = found
         raise image_error(
-            parsed.image(parsed.point_image[position]),
-            f"points[{int(parsed.point_local[position])}] = {tuple(_row(parsed.points[position]))} lies outside "
-            f"the image of shape {list(spatial_shape)}; expected 0 <= coordinate < size in array order",
+            parsed.image(parsed.point_image[row]),
+            f"points[{int(parsed.point_local[row])}] = {tuple(_row(parsed.points[row]))} {problem}; expected "
+            "0 <= coordinate < size in array order",
         )
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.loss import _Loss
 
-from ..annotations import ANNOTATION_TYPES, AnnotationBatch, collate_annotations
+from ..annotations import POSITIVE_TYPES, AnnotationBatch, collate_annotations
 from ..ops import prototype_logsumexp
 from .distributed import all_reduce_max, all_reduce_sum, check_option, resolve_group
 
@@ -80,7 +80,7 @@ class _PositiveSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, annotations, dtype):
         flat = logits.detach().reshape(-1)
-        sums = torch.zeros(len(ANNOTATION_TYPES), annotations.num_classes, dtype=_SUM_DTYPE, device=logits.device)
+        sums = torch.zeros(len(POSITIVE_TYPES), annotations.num_classes, dtype=_SUM_DTYPE, device=logits.device)
         sums[0].index_add_(0, annotations.mask_classes, flat.index_select(0, annotations.mask_index).to(_SUM_DTYPE))
         sums[2].index_add_(0, annotations.point_classes, flat.index_select(0, annotations.point_index).to(_SUM_DTYPE))
 
@@ -249,7 +249,7 @@ def dsp_loss(
     safe_log_z = torch.where(finite, log_z, torch.zeros_like(log_z))
     present = (counts > 0) & finite
     terms = torch.where(present, safe_log_z - means, torch.zeros_like(means)).sum(dim=1)
-    out = {name: terms[row] for row, name in enumerate(ANNOTATION_TYPES)}
+    out = {name: terms[row] for row, name in enumerate(POSITIVE_TYPES)}
     out["total"] = terms.sum()
     out["logits"] = logits
     out["log_z"] = log_z
@@ -309,7 +309,7 @@ class DSPLoss(_Loss):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer; got {ignore_index!r}")
         check_option(distributed)
-        self.weights = tuple(float(weights[f"lambda_{name}"]) for name in ANNOTATION_TYPES)
+        self.weights = tuple(float(weights[f"lambda_{name}"]) for name in POSITIVE_TYPES)
         self.ignore_index = ignore_index
         self.distributed = distributed
 
@@ -332,5 +332,5 @@ class DSPLoss(_Loss):
             the dict of :func:`dsp_loss`, its ``"total"`` weighted by the lambdas (the per-type terms unweighted).
         """
         out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed)
-        out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, ANNOTATION_TYPES))
+        out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, POSITIVE_TYPES))
         return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsp_monai.engines.data import prepare_experiment
+from dsp_monai.data.experiment import prepare_experiment
 
 PINNED = Path(__file__).with_name("experiment_items.json")
 
