@@ -459,8 +459,10 @@ def inspect_file(path: str, reader: Any, class_names: Sequence[str]) -> ImageInf
     key = _file_key(path, class_names)
     if key in _FILE_CACHE:
         return _FILE_CACHE[key]
-    array, meta = reader.get_data(reader.read(path))
-    array = np.asarray(array)
+    loaded = reader.read(path)  # kept alive while the array is used: some readers return views of its buffer
+    array, meta = reader.get_data(loaded)
+    array = np.array(array, copy=True)
+    del loaded
     shape = tuple(int(s) for s in array.shape)
     channel = meta.get("original_channel_dim", float("nan"))
     channels = 1
@@ -535,6 +537,11 @@ class _ContentChecker:
                     f"{item[IMAGE]} has {list(shape)}; they must match."
                 )))
                 label = None
+            elif label.channels != 1:
+                self.problems.append(str(fail(
+                    index, LABEL, f"{item[LABEL]} has {label.channels} channels; a label is one channel of class ids."
+                )))
+                label = None
             elif label.values is None:
                 self.problems.append(str(fail(
                     index, LABEL, f"{item[LABEL]} holds values that are not class ids (non-whole numbers or more "
@@ -586,8 +593,10 @@ class _ContentChecker:
         if BOXES_EXHAUSTIVE in item:
             record[BOXES_EXHAUSTIVE] = item[BOXES_EXHAUSTIVE]
         if has_label:
-            array, _ = self.reader.get_data(self.reader.read(item[LABEL]))
+            loaded = self.reader.read(item[LABEL])
+            array, _ = self.reader.get_data(loaded)
             record[LABEL] = torch.as_tensor(np.asarray(array).reshape(shape).astype(np.int64))
+            del loaded
         try:
             validate_record(record, len(self.class_names), shape, IGNORE_VALUE, index)
         except (TypeError, ValueError) as error:
