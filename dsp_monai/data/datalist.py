@@ -164,7 +164,10 @@ def _is_int(value: Any) -> bool:
 
 def _short(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters (a nested garbage value must not flood the message)."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # integers beyond Python's digit limit, very deep nesting
+        text = f"<a {type(value).__name__} too large to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -242,8 +245,13 @@ class _Checker:
             raise self.fail(index, key, f"the path {_short(value)} holds a NUL character.")
         resolved = resolve_path(value, self.base_dir)
         file_part, _ = split_selector(resolved)
-        if self.check_files and not os.path.exists(file_part):
-            raise self.fail(index, key, f"file not found: {file_part} (written as {_short(value)}).")
+        if self.check_files:
+            try:
+                exists = os.path.exists(file_part)
+            except (UnicodeError, ValueError, OSError) as error:
+                raise self.fail(index, key, f"the path {_short(value)} cannot be used as a file name ({error}).")
+            if not exists:
+                raise self.fail(index, key, f"file not found: {file_part} (written as {_short(value)}).")
         return resolved
 
     def item(self, index: int, item: Any, allowed_keys: Sequence[str]) -> dict | None:
@@ -703,7 +711,7 @@ def read_datalist(
         raw = handle.read()
     try:
         content = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:  # ValueError: JSONDecodeError, huge ints
         raise DatalistError(f"{path}: not valid JSON ({_short(str(error), 200)}).") from None
     sections, class_names, problems = _validate(content, os.path.dirname(path), path, check_files, extra_keys)
     images: dict[str, ImageInfo] = {}
