@@ -7,7 +7,7 @@ partial pixel mask (``label``), image-level ``tags``, ``boxes`` with ``box_class
 ``point_classes``, a ``valid`` mask (False = padding) and ``boxes_exhaustive`` (see
 :mod:`dsp_monai.annotations.record`). :func:`collate_annotations` checks a batch of records and builds an
 :class:`AnnotationBatch`: the possible-class bit mask ``allowed`` and the positive sets of every annotation type
-(docs/method.md, "Possible-class sets" and "The DSP loss"), vectorised.
+(docs/method.md §4 and §5), vectorised.
 
 This package knows nothing of MONAI; it imports numpy, scipy, torch and :mod:`dsp_monai.ops` only.
 """

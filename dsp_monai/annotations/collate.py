@@ -1,6 +1,6 @@
 """Collation of per-image annotation records into the possible-class bit mask and the positive sets of the DSP loss.
 
-Implements method.md §3 (possible-class sets A_j) and the index sets of §4 (positives per annotation type), for a
+Implements docs/method.md §4 (possible-class sets A_j) and the index sets of §5 (positives per annotation type), for a
 batch of B images of one spatial shape (2D or 3D). Everything is vectorised over pixels, boxes, points and classes;
 only the parsing of the records loops over images. Boxes cost their area (their pixels are listed, not padded to
 the largest box); the per-class box coverage costs one batched matrix product.
@@ -554,13 +554,13 @@ def collate_annotations(
 ) -> AnnotationBatch:
     """Checks a batch of annotation records and builds the possible-class bit mask and the positive sets.
 
-    Possible classes (method.md §3): every class starts possible at every pixel; a labelled pixel allows only its
+    Possible classes (docs/method.md §4): every class starts possible at every pixel; a labelled pixel allows only its
     label; tags allow only the tagged classes in the whole image; a class with boxes in the image is impossible
     outside its boxes, and when the boxes are exhaustive (the default) a class without a box is impossible
     everywhere; a point allows only its class at its pixel. Padding (``valid`` False) allows nothing and takes no
     part in anything: labels there are ignored, box lines and image means skip it.
 
-    Positives (method.md §4): every labelled pixel (mask); every point; every line of every box along every axis
+    Positives (docs/method.md §5): every labelled pixel (mask); every point; every line of every box along every axis
     (the box maximum over that line is the positive); every (image, tag) pair (the log-mean-exp over the image).
 
     Args:

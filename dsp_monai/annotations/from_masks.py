@@ -1,7 +1,7 @@
 """The one rule for points derived from masks: one point per connected component, at its medoid.
 
 The medoid is the pixel of the component with the smallest summed Euclidean distance to the component's other
-pixels (docs/method.md, "Weak annotations derived from masks"). Unlike the centroid it always lies inside the
+pixels (docs/method.md §9). Unlike the centroid it always lies inside the
 component. Every part of the project that places points on a mask (the weak labels of an experiment, the targets of
 the point-distance branches) calls :func:`component_medoids`.
 """

@@ -6,7 +6,7 @@ exclusive ends (``[r0, c0, r1, c1]``, ``[z0, y0, x0, z1, y1, x1]``); a point is 
 ``[z, y, x]``. Coordinates are whole numbers: integer values of any type, and floating-point values that hold whole
 numbers (MONAI's readers and box transforms produce floats). A fractional, infinite or NaN coordinate is an error,
 never rounded. The same rule applies wherever boxes and points enter: the datalist, the transforms that move them,
-and the per-image record of the loss (docs/method.md, "Annotations").
+and the per-image record of the loss (docs/method.md §3).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ WEAK_TYPE_KEYS = {"tags": TAGS, "boxes": BOXES, "points": POINTS}
 """The item key holding each weak type's coordinates or classes."""
 
 POSITIVE_TYPES = ("mask", "box", "point", "image")
-"""The sources of positives of the DSP loss (docs/method.md, "The DSP loss"), in the row order of its counts."""
+"""The sources of positives of the DSP loss (docs/method.md §5), in the row order of its counts."""
 
 
 class AnnotationError(ValueError):

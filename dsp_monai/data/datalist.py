@@ -27,8 +27,11 @@ Format (the full description, with examples, is ``docs/datalist.md``)::
 
 An image or label path may carry a selector after ``?`` (``cell.zarr?crop=crop3&axis=z&index=12``) that the zarr
 reader (:mod:`dsp_monai.data.readers`) parses; relative paths are resolved against the JSON's folder before the
-``?``. Loading is strict: any problem raises :class:`DatalistError` naming the file, the section, the item index
-and the key.
+``?``. Loading is strict: :class:`DatalistError` lists every problem, each naming the file, the section, the item
+index and the key. This module is the project's one datalist validator: :func:`read_datalist` checks the JSON and,
+with ``check_contents``, opens every file once and checks what it holds (shapes, finite intensities, label values,
+annotations inside their image and consistent with each other) before any training starts. Keys, annotation types,
+the ignore value and the coordinate rules come from :mod:`dsp_monai.annotations.vocabulary`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Stratified sampling over annotation types (docs/method.md, "Batches").
+"""Stratified sampling over annotation types (docs/method.md §8).
 
 At ACR 64 only one training image in 64 has a mask; drawn uniformly, most batches would hold none and the mask
 loss would be computed irregularly. :class:`StratifiedAnnotationSampler` instead draws the annotation *type* first,

@@ -1,5 +1,4 @@
-"""Annotation scenarios: cross-sub-volume splits and annotation compression rates (docs/method.md, "Annotation
-compression rate" and "Evaluation").
+"""Annotation scenarios: cross-sub-volume splits and annotation compression rates (docs/method.md §1, §9, §10).
 
 A *scenario* turns a fully annotated datalist into the paper's protocol:
 

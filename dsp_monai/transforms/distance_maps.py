@@ -1,6 +1,6 @@
 """Distance-map targets of the point branch: per class, the distance from every pixel to that class's points.
 
-The Euclidean and geodesic point-branch baselines (docs/method.md, "Baselines") regress, for each class, the
+The Euclidean and geodesic point-branch baselines (docs/method.md §11) regress, for each class, the
 distance map to the class's clicked points, usually normalised (``exp(-d / sigma)``) or truncated; classes without
 points in an image are ignored by the loss. :class:`PointDistanceMapsd` builds those targets inside a MONAI
 pipeline from ``points`` / ``point_classes`` or from the connected components of a label mask (simulated clicks),

@@ -1,5 +1,4 @@
-"""Weak annotations derived from full masks: image-level tags, boxes and points (docs/method.md, "Weak annotations
-derived from masks").
+"""Weak annotations derived from full masks: image-level tags, boxes and points (docs/method.md §9).
 
 The derivation follows the paper's protocol for experiments in which weak annotations are simulated from masks:
 
