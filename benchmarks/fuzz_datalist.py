@@ -67,8 +67,8 @@ def main():
         common.write_section(SECTION, (
             "## Datalist fuzzing (benchmarks/fuzz_datalist.py)\n\n"
             f"Machine: {common.machine()}. Command: `{common.command()}`.\n"
-            f"{sum(outcomes.values())} random datalists (a valid one with random damage, arbitrary JSON, random bytes;\n"
-            "garbage of every JSON type, huge numbers, unicode and surrogate paths) through `read_datalist` with its\n"
+            f"{sum(outcomes.values())} random datalists (a valid one with random damage, arbitrary JSON, random\n"
+            "bytes; garbage of every JSON type, huge numbers, unicode and surrogate paths) through `read_datalist` with its\n"
             "content checks and `prepare_experiment`. Each must end in an experiment or a `DatalistError`.\n\n"
             + text + "\n"
         ))

@@ -16,7 +16,7 @@ import torch
 
 from ..ops import MAX_CLASSES, unpack_allowed
 from .record import batch_view, image_error, parse_entries, parse_label, parse_valid
-from .vocabulary import LABEL, VALID, box_problem, point_problem
+from .vocabulary import IGNORE_VALUE, LABEL, VALID, box_problem, point_problem
 
 __all__ = ["AnnotationBatch", "collate_annotations", "validate_record"]
 
@@ -549,7 +549,7 @@ def collate_annotations(
     annotations,
     num_classes: int,
     spatial_shape: Sequence[int],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_VALUE,
     device: Optional[Union[str, torch.device]] = None,
 ) -> AnnotationBatch:
     """Checks a batch of annotation records and builds the possible-class bit mask and the positive sets.
@@ -606,7 +606,7 @@ def validate_record(
     record,
     num_classes: int,
     spatial_shape: Sequence[int],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_VALUE,
     index: int = 0,
 ) -> None:
     """Checks one image's annotation record with every check of :func:`collate_annotations`.

@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import logging
 import math
 import os
 import re
@@ -86,8 +85,6 @@ __all__ = [
     "split_selector",
     "validate_datalist",
 ]
-
-logger = logging.getLogger(__name__)
 
 SECTIONS = ("training", "validation", "test", "data")
 """List-valued top-level keys: the three split sections, or ``data``, one pool to be split by ``subvolume``."""
@@ -322,7 +319,8 @@ class _Checker:
             not isinstance(item[ANNOTATION_TYPE], str) or item[ANNOTATION_TYPE] not in ANNOTATION_TYPES
         ):
             self.problems.append(str(self.fail(
-                index, ANNOTATION_TYPE, f"expected one of {list(ANNOTATION_TYPES)}, got {_short(item[ANNOTATION_TYPE])}."
+                index, ANNOTATION_TYPE,
+                f"expected one of {list(ANNOTATION_TYPES)}, got {_short(item[ANNOTATION_TYPE])}.",
             )))
         if ID in item and not (isinstance(item[ID], str) and item[ID]):
             self.problems.append(str(self.fail(index, ID, f"expected a non-empty string, got {_short(item[ID])}.")))

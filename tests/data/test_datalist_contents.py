@@ -183,3 +183,15 @@ def test_intensities_outside_the_range_warn_and_auto_derives_it(folder, tmp_path
                for m in messages)
     with pytest.raises(ExperimentError, match=r"intensity_range must be \[low, high\] or 'auto'; got 'automatic'"):
         prepare_experiment(path, str(tmp_path / "auto"), acr=0, intensity_range="automatic")
+
+
+def test_the_bundle_entry_ends_with_the_message_alone(folder, tmp_path):
+    from dsp_monai.data.experiment import prepare_bundle_experiment
+
+    path = write(folder, good() + [{"image": "img1.png", "tags": [4]}])
+    with pytest.raises(SystemExit) as raised:
+        prepare_bundle_experiment(datalist=path, output_dir=str(tmp_path), acr=0)
+    assert raised.value.code == (
+        f"{path}: section 'training', item 2, key 'tags': entry 0 is class id 4, outside [0, 3) (3 class_names)."
+    )
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__

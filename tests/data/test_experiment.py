@@ -41,7 +41,8 @@ def _user_data(root: Path) -> None:
         "test": [{"image": f"images/case{i}.png", "label": f"labels/case{i}.png"} for i in (6, 7)],
     }
     (root / "datalist.json").write_text(json.dumps(content))
-    masked = dict(content, training=[{"image": f"images/case{i}.png", "label": f"labels/case{i}.png"} for i in range(5)])
+    masked_items = [{"image": f"images/case{i}.png", "label": f"labels/case{i}.png"} for i in range(5)]
+    masked = dict(content, training=masked_items)
     (root / "masked.json").write_text(json.dumps(masked))
 
 
@@ -59,7 +60,8 @@ def data_root(tmp_path_factory):
 
 RUNS = {
     "pool_acr2": ("tiny/datalist.json", dict(acr=2)),
-    "pool_acr8_split1_seed3": ("tiny/datalist.json", dict(acr=8, split_index=1, seed=3, weak_types=["boxes", "points"])),
+    "pool_acr8_split1_seed3": ("tiny/datalist.json",
+                               dict(acr=8, split_index=1, seed=3, weak_types=["boxes", "points"])),
     "pool_semi_masks_only": ("tiny/datalist.json", dict(acr=4, weak_types=[], training_types=["mask"])),
     "user_as_given": ("user/datalist.json", dict(acr=0)),
     "user_masked_acr2": ("user/masked.json", dict(acr=2, seed=1)),
