@@ -59,6 +59,8 @@ def main():
 
     run()
     rows = sorted(outcomes.items(), key=lambda row: -row[1])
+    if not failures:
+        rows.append(["other exception (failure)", 0])
     text = common.table(["outcome", "examples"], rows)
     sys.stdout.write(text + "\n")
     for document, trace in failures[:5]:
@@ -69,7 +71,9 @@ def main():
             f"Machine: {common.machine()}. Command: `{common.command()}`.\n"
             f"{sum(outcomes.values())} random datalists (a valid one with random damage, arbitrary JSON, random\n"
             "bytes; garbage of every JSON type, huge numbers, unicode and surrogate paths) through `read_datalist` with its\n"
-            "content checks and `prepare_experiment`. Each must end in an experiment or a `DatalistError`.\n\n"
+            "content checks and `prepare_experiment`. Each must end in an experiment or a `DatalistError`\n"
+            "(`ExperimentError` is its subclass for a datalist that does not fit the configuration). The machine is\n"
+            "shared with other work.\n\n"
             + text + "\n"
         ))
     return 1 if failures else 0
