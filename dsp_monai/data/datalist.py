@@ -65,6 +65,7 @@ from dsp_monai.annotations.vocabulary import (
     POINTS,
     SUBVOLUME,
     TAGS,
+    WEAK_TYPE_KEYS,
     AnnotationError,
     parse_boxes,
     parse_points,
@@ -322,6 +323,14 @@ class _Checker:
                 index, ANNOTATION_TYPE,
                 f"expected one of {list(ANNOTATION_TYPES)}, got {_short(item[ANNOTATION_TYPE])}.",
             )))
+        elif ANNOTATION_TYPE in item and item[ANNOTATION_TYPE] not in ("none", "mask") and LABEL not in item and \
+                WEAK_TYPE_KEYS[item[ANNOTATION_TYPE]] not in item:
+            self.problems.append(str(self.fail(
+                index, ANNOTATION_TYPE, f"{item[ANNOTATION_TYPE]!r}, but the item has neither "
+                f"'{WEAK_TYPE_KEYS[item[ANNOTATION_TYPE]]}' nor a 'label' to derive them from.",
+            )))
+        elif ANNOTATION_TYPE in item and item[ANNOTATION_TYPE] == "mask" and LABEL not in item:
+            self.problems.append(str(self.fail(index, ANNOTATION_TYPE, "'mask', but the item has no 'label'.")))
         if ID in item and not (isinstance(item[ID], str) and item[ID]):
             self.problems.append(str(self.fail(index, ID, f"expected a non-empty string, got {_short(item[ID])}.")))
         if METADATA in item and not isinstance(item[METADATA], dict):
