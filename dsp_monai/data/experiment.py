@@ -16,13 +16,15 @@ every file opens, shapes agree, annotations lie inside their image and agree wit
 the configuration (class count, dimensionality, intensity range). Every problem is reported together, before the
 first iteration. The experiment's items are written to a split file in the output folder in the project's one
 split-file format (:func:`dsp_monai.data.scenarios.save_scenario`); a later run with the same parameters reads it
-back, so a resumed run trains on exactly the same items.
+back, so a resumed run trains on exactly the same items. The unversioned split files of earlier bundles are still
+read (and left as they are), so their runs resume too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -254,10 +256,7 @@ def prepare_experiment(
     )
     path = os.path.join(output_dir, split_file)
     if os.path.exists(path):
-        try:
-            scenario = load_scenario(path)
-        except ValueError as error:
-            raise ExperimentError(str(error)) from None
+        scenario = _read_split(path)
         if scenario.extra.get("request") != request:
             raise ExperimentError(
                 f"{path} was written for other experiment parameters: {scenario.extra.get('request')} (now "
@@ -287,6 +286,36 @@ def prepare_experiment(
         "class_names": list(validated.class_names),
         "intensity_range": resolved,
     }
+
+
+def _read_split(path: str) -> Scenario:
+    """The split file of a run: the current format, or the unversioned one of earlier bundles (its ``parameters``
+    are the experiment's request; it is read as it is and left unchanged)."""
+    try:
+        return load_scenario(path)
+    except ValueError as error:
+        with open(path, encoding="utf-8") as handle:
+            try:
+                content = json.load(handle)
+            except ValueError:
+                content = None
+        earlier = (
+            isinstance(content, dict) and "format_version" not in content
+            and isinstance(content.get("parameters"), dict) and isinstance(content.get("class_names"), list)
+            and all(isinstance(content.get(part), list) for part in PARTS)
+        )
+        if not earlier:
+            raise ExperimentError(str(error)) from None
+    parameters = content["parameters"]
+    logger.info("%s is a split file of an earlier bundle (no format_version); its items are used as they are", path)
+    return Scenario(
+        training=content["training"], validation=content["validation"], test=content["test"], subvolumes={},
+        acr=parameters.get("acr") or None, weak_types=tuple(parameters.get("weak_types") or ()),
+        split_index=int(parameters.get("split_index", 0)), num_splits=int(parameters.get("num_splits", 1)),
+        seed=int(parameters.get("seed", 0)), mode="sections",
+        fractions=tuple(parameters.get("fractions") or (0.6, 0.2, 0.2)),
+        extra={"request": parameters}, class_names=list(content["class_names"]),
+    )
 
 
 def _new_scenario(validated, request, acr, weak_types, split_index, num_splits, seed, fractions,

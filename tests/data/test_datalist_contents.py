@@ -139,12 +139,26 @@ def test_configuration_mismatches_are_named(folder, tmp_path):
     )
 
 
-def test_an_older_split_file_is_named(folder, tmp_path):
+def test_split_files_of_earlier_versions_are_read_or_named(folder, tmp_path):
     path = write(folder, good())
-    (tmp_path / "split.json").write_text(json.dumps({"parameters": {}, "training": [], "class_names": CLASSES}))
-    with pytest.raises(ExperimentError, match=r"split\.json' is an unversioned split file of an earlier bundle, not "
-                                              r"a split file of format version 2\. Delete it"):
-        prepare_experiment(path, str(tmp_path), acr=0)
+    first = prepare_experiment(path, str(tmp_path / "new"), acr=0)
+    request = json.loads((tmp_path / "new" / "split.json").read_text())["extra"]["request"]
+    earlier = tmp_path / "earlier"  # the unversioned file earlier bundles wrote: its parameters are the request
+    earlier.mkdir()
+    old = {"parameters": request, **{part: first[part] for part in ("training", "validation", "test", "class_names")}}
+    (earlier / "split.json").write_text(json.dumps(old))
+    again = prepare_experiment(path, str(earlier), acr=0)
+    assert {part: again[part] for part in old if part != "parameters"} == {k: v for k, v in old.items()
+                                                                          if k != "parameters"}
+    assert json.loads((earlier / "split.json").read_text()) == old  # left as it was
+    with pytest.raises(ExperimentError, match=r"split\.json was written for other experiment parameters"):
+        prepare_experiment(path, str(earlier), acr=0, seed=4)
+    version1 = tmp_path / "version1"
+    version1.mkdir()
+    (version1 / "split.json").write_text(json.dumps({"format_version": 1, "acr": 8, "training": []}))
+    with pytest.raises(ExperimentError, match=r"split\.json' is format version 1, not a split file of format version "
+                                              r"2\. Delete it"):
+        prepare_experiment(path, str(version1), acr=0)
 
 
 def _nifti(folder, name, array):
