@@ -18,9 +18,10 @@ from monai.data import CacheDataset, DataLoader, Dataset
 
 import common
 from dsp_monai.data.collate import annotated_collate
+from dsp_monai.data.experiment import prepare_experiment
 from dsp_monai.data.samplers import StratifiedAnnotationSampler
 from dsp_monai.data.synthetic import ensure_default_dataset
-from dsp_monai.engines.data import prepare_experiment, training_transforms
+from dsp_monai.engines.data import training_transforms
 
 SECTION = "bench_data"
 

@@ -1,4 +1,4 @@
-// geodesic_distance / euclidean_distance: distance maps from seed points (shared/design/ops.md §2).
+// geodesic_distance / euclidean_distance: distance maps from seed points (docs/ops.md §2).
 //
 // This header holds what the CPU and CUDA kernels share: the argument checks, the description of the grid and
 // of its neighbourhood, and the per-pixel maths as __host__ __device__ functions, so that both backends compute

@@ -1,5 +1,5 @@
 // prototype_logsumexp: cosine prototype scores fused with the decoupled log-sum-exp of the DSP loss
-// (shared/design/ops.md §1, method.md §2-4). This header holds what the CPU and CUDA kernels share: the
+// (docs/ops.md §1, docs/method.md §2, §4, §5). This header holds what the CPU and CUDA kernels share: the
 // argument checks, the flattened problem description and the host-side prototype maths.
 #pragma once
 

@@ -1,6 +1,6 @@
 """Collation of per-image annotation records into the possible-class bit mask and the positive sets of the DSP loss.
 
-Implements method.md §3 (possible-class sets A_j) and the index sets of §4 (positives per annotation type), for a
+Implements docs/method.md §4 (possible-class sets A_j) and the index sets of §5 (positives per annotation type), for a
 batch of B images of one spatial shape (2D or 3D). Everything is vectorised over pixels, boxes, points and classes;
 only the parsing of the records loops over images. Boxes cost their area (their pixels are listed, not padded to
 the largest box); the per-class box coverage costs one batched matrix product.
@@ -15,12 +15,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..ops import MAX_CLASSES, unpack_allowed
-from .record import LABEL, VALID, batch_view, image_error, parse_entries, parse_label, parse_valid
+from .record import batch_view, image_error, parse_entries, parse_label, parse_valid
+from .vocabulary import IGNORE_VALUE, LABEL, VALID, box_problem, point_problem
 
-__all__ = ["ANNOTATION_TYPES", "AnnotationBatch", "collate_annotations", "validate_record"]
-
-ANNOTATION_TYPES = ("mask", "box", "point", "image")
-"""The annotation types of the DSP loss, in the row order of :attr:`AnnotationBatch.counts`."""
+__all__ = ["AnnotationBatch", "collate_annotations", "validate_record"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,8 @@ class AnnotationBatch:
         tag_images: (T,) image of each (image, tag) pair (deduplicated; images without a valid pixel left out).
         tag_classes: (T,) class of each pair.
         valid_counts: (B,) number of valid pixels per image.
-        counts: (4, C) int64 number of positives per annotation type (rows in :data:`ANNOTATION_TYPES` order)
-            and class.
+        counts: (4, C) int64 number of positives per source and class (rows in the order of
+            :data:`~dsp_monai.annotations.vocabulary.POSITIVE_TYPES`).
     """
 
     num_classes: int
@@ -204,34 +202,21 @@ def _check_values(parsed: _Parsed, num_classes: int, spatial_shape: Tuple[int, .
     _check_class_ids(parsed, parsed.box_classes, parsed.box_image, parsed.box_local, "box_classes", num_classes)
     _check_class_ids(parsed, parsed.point_classes, parsed.point_image, parsed.point_local, "point_classes", num_classes)
 
-    ndim = len(spatial_shape)
-    sizes = torch.tensor(spatial_shape, dtype=torch.int64, device=parsed.boxes.device)
-    start, end = parsed.boxes[:, :ndim], parsed.boxes[:, ndim:]
-    inverted, empty = start > end, start == end
-    outside = (start < 0) | (end > sizes)
-    position = _first((inverted | empty | outside).any(dim=1))
-    if position is not None:
-        box = _row(parsed.boxes[position])
-        axis = int((inverted | empty | outside)[position].to(torch.uint8).argmax())
-        first, last = box[axis], box[ndim + axis]
-        if bool(inverted[position, axis]):
-            problem = f"is inverted on axis {axis} (start {first} > end {last})"
-        elif bool(empty[position, axis]):
-            problem = f"is empty on axis {axis} (start = end = {first})"
-        else:
-            problem = f"lies outside the image of shape {list(spatial_shape)} on axis {axis}"
+    found = box_problem(parsed.boxes, spatial_shape)
+    if found is not None:
+        row, problem = found
         raise image_error(
-            parsed.image(parsed.box_image[position]),
-            f"boxes[{int(parsed.box_local[position])}] = {box} {problem}; expected [start..., end...] in array "
-            f"order with 0 <= start < end <= size on every axis (end exclusive)",
+            parsed.image(parsed.box_image[row]),
+            f"boxes[{int(parsed.box_local[row])}] = {_row(parsed.boxes[row])} {problem}; expected [start..., end...] "
+            "in array order with 0 <= start < end <= size on every axis (end exclusive)",
         )
-    outside = ((parsed.points < 0) | (parsed.points >= sizes)).any(dim=1)
-    position = _first(outside)
-    if position is not None:
+    found = point_problem(parsed.points, spatial_shape)
+    if found is not None:
+        row, problem = found
         raise image_error(
-            parsed.image(parsed.point_image[position]),
-            f"points[{int(parsed.point_local[position])}] = {tuple(_row(parsed.points[position]))} lies outside "
-            f"the image of shape {list(spatial_shape)}; expected 0 <= coordinate < size in array order",
+            parsed.image(parsed.point_image[row]),
+            f"points[{int(parsed.point_local[row])}] = {tuple(_row(parsed.points[row]))} {problem}; expected "
+            "0 <= coordinate < size in array order",
         )
 
 
@@ -564,18 +549,18 @@ def collate_annotations(
     annotations,
     num_classes: int,
     spatial_shape: Sequence[int],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_VALUE,
     device: Optional[Union[str, torch.device]] = None,
 ) -> AnnotationBatch:
     """Checks a batch of annotation records and builds the possible-class bit mask and the positive sets.
 
-    Possible classes (method.md §3): every class starts possible at every pixel; a labelled pixel allows only its
+    Possible classes (docs/method.md §4): every class starts possible at every pixel; a labelled pixel allows only its
     label; tags allow only the tagged classes in the whole image; a class with boxes in the image is impossible
     outside its boxes, and when the boxes are exhaustive (the default) a class without a box is impossible
     everywhere; a point allows only its class at its pixel. Padding (``valid`` False) allows nothing and takes no
     part in anything: labels there are ignored, box lines and image means skip it.
 
-    Positives (method.md §4): every labelled pixel (mask); every point; every line of every box along every axis
+    Positives (docs/method.md §5): every labelled pixel (mask); every point; every line of every box along every axis
     (the box maximum over that line is the positive); every (image, tag) pair (the log-mean-exp over the image).
 
     Args:
@@ -621,7 +606,7 @@ def validate_record(
     record,
     num_classes: int,
     spatial_shape: Sequence[int],
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_VALUE,
     index: int = 0,
 ) -> None:
     """Checks one image's annotation record with every check of :func:`collate_annotations`.

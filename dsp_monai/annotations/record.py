@@ -11,8 +11,9 @@ One record (a dict) per image; a missing key or None means that annotation type 
 - ``valid``: bool mask of the spatial shape (optionally with a leading channel of 1); False marks padding;
 - ``boxes_exhaustive``: bool, default True: every object of every class present in the image has a box.
 
-Floating-point entries are accepted when they hold whole numbers (MONAI's readers and box transforms produce
-floats); torch tensor subclasses (MONAI's MetaTensor) are read as plain tensors. This module knows nothing of MONAI.
+The keys and the coordinate policy (whole numbers; floats accepted when they hold whole numbers) are those of
+:mod:`dsp_monai.annotations.vocabulary`; torch tensor subclasses (MONAI's MetaTensor) are read as plain tensors.
+This module knows nothing of MONAI.
 """
 
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,20 @@ from typing import Any, List, NamedTuple, Optional
 
 import numpy as np
 import torch
+
+from .vocabulary import (
+    BOX_CLASSES,
+    BOXES,
+    BOXES_EXHAUSTIVE,
+    LABEL,
+    POINT_CLASSES,
+    POINTS,
+    RECORD_KEYS,
+    TAGS,
+    VALID,
+    AnnotationError,
+    whole_numbers,
+)
 
 __all__ = [
     "BOXES",
@@ -32,17 +47,6 @@ __all__ = [
     "TAGS",
     "VALID",
 ]
-
-LABEL = "label"
-TAGS = "tags"
-BOXES = "boxes"
-BOX_CLASSES = "box_classes"
-POINTS = "points"
-POINT_CLASSES = "point_classes"
-VALID = "valid"
-BOXES_EXHAUSTIVE = "boxes_exhaustive"
-RECORD_KEYS = (LABEL, TAGS, BOXES, BOX_CLASSES, POINTS, POINT_CLASSES, VALID, BOXES_EXHAUSTIVE)
-"""The keys of the annotation record; any other key of a record or batch dict is ignored."""
 
 _PER_IMAGE_KEYS = (TAGS, BOXES, BOX_CLASSES, POINTS, POINT_CLASSES, BOXES_EXHAUSTIVE)
 
@@ -65,18 +69,13 @@ def _plain_tensor(value: Any, index: int, name: str) -> torch.Tensor:
 
 
 def _whole_numbers(tensor: torch.Tensor, index: int, name: str) -> torch.Tensor:
-    """``tensor`` as int64, accepting integer dtypes and floating dtypes holding whole numbers."""
+    """``tensor`` as int64 under the coordinate policy of :func:`~dsp_monai.annotations.vocabulary.whole_numbers`."""
     if tensor.dtype == torch.bool or tensor.is_complex():
         raise TypeError(f"image {index}: {name} must hold integers; got dtype {tensor.dtype}")
-    if tensor.is_floating_point():
-        finite = torch.isfinite(tensor)
-        whole = finite & (tensor == torch.round(tensor))
-        if not bool(whole.all()):
-            position = tuple(int(i) for i in (~whole).nonzero()[0])
-            raise ValueError(
-                f"image {index}: {name} must hold whole numbers; got {float(tensor[position])} at index {position}"
-            )
-    return tensor.to(torch.int64)
+    try:
+        return whole_numbers(tensor, name)
+    except AnnotationError as error:
+        raise image_error(index, str(error)) from None
 
 
 def _spatial_mask(value, index, name, spatial_shape, device) -> torch.Tensor:

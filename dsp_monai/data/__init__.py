@@ -3,7 +3,9 @@
 Modules:
 
 - :mod:`dsp_monai.data.label_tables`: the 37 COSEM ids and their configurable merge into classes;
-- :mod:`dsp_monai.data.datalist`: the datalist JSON format (``load_datalist``, ``save_datalist``);
+- :mod:`dsp_monai.data.datalist`: the datalist JSON format and its one validator (``read_datalist``,
+  ``load_datalist``, ``save_datalist``);
+- :mod:`dsp_monai.data.experiment`: datalist -> split -> items of one experiment, checked before training;
 - :mod:`dsp_monai.data.readers`: MONAI readers (OME-NGFF zarr crops, dispatch to NIfTI / ITK / PIL readers);
 - :mod:`dsp_monai.data.synthetic`: the synthetic dataset and its CLI ``python -m dsp_monai.data.synthetic``;
 - :mod:`dsp_monai.data.scenarios`, :mod:`dsp_monai.data.samplers`, :mod:`dsp_monai.data.collate`: annotation
@@ -26,7 +28,11 @@ _LAZY = {
     "build_lut": "label_tables",
     "apply_lut": "label_tables",
     "DatalistError": "datalist",
+    "DatalistNotFoundError": "datalist",
     "load_datalist": "datalist",
+    "read_datalist": "datalist",
+    "ExperimentError": "experiment",
+    "prepare_experiment": "experiment",
     "save_datalist": "datalist",
     "validate_datalist": "datalist",
     "OMEZarrReader": "readers",

@@ -21,18 +21,9 @@ from monai.data import MetaTensor
 from monai.data.utils import collate_meta_tensor
 from torch.utils.data import default_collate
 
-__all__ = ["ANNOTATION_LIST_KEYS", "annotated_collate"]
+from dsp_monai.annotations.vocabulary import ANNOTATION_LIST_KEYS
 
-ANNOTATION_LIST_KEYS = (
-    "tags",
-    "boxes",
-    "box_classes",
-    "points",
-    "point_classes",
-    "boxes_exhaustive",
-    "annotation_type",
-)
-"""Keys kept as per-image lists by default."""
+__all__ = ["annotated_collate"]
 
 
 def _flatten(batch) -> list[Mapping]:

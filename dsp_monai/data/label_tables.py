@@ -44,8 +44,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = 255
-"""The label value that takes part in no loss or metric (unknown, unannotated, padding)."""
+from dsp_monai.annotations.vocabulary import IGNORE_VALUE
+
+IGNORE_INDEX = IGNORE_VALUE
+"""The label value that takes part in no loss or metric (unknown, unannotated, padding); the project's one ignore
+value, :data:`dsp_monai.annotations.vocabulary.IGNORE_VALUE`."""
 
 UNDEFINED = -1
 """Marks look-up-table entries for ids the table does not know; reading such an id raises."""

@@ -1,4 +1,4 @@
-"""Stratified sampling over annotation types (method.md section 6).
+"""Stratified sampling over annotation types (docs/method.md §8).
 
 At ACR 64 only one training image in 64 has a mask; drawn uniformly, most batches would hold none and the mask
 loss would be computed irregularly. :class:`StratifiedAnnotationSampler` instead draws the annotation *type* first,
@@ -15,10 +15,11 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from dsp_monai.annotations.vocabulary import ANNOTATION_TYPE, ANNOTATION_TYPES
+
 __all__ = ["StratifiedAnnotationSampler"]
 
 
-_TYPE_ORDER = ("mask", "tags", "boxes", "points", "none")
 
 
 def _types_of(data, key: str) -> list[str]:
@@ -88,7 +89,7 @@ class StratifiedAnnotationSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         type_weights: Mapping[str, float] | None = None,
-        annotation_type_key: str = "annotation_type",
+        annotation_type_key: str = ANNOTATION_TYPE,
     ) -> None:
         types = _types_of(data, annotation_type_key)
         if not types:
@@ -103,7 +104,8 @@ class StratifiedAnnotationSampler(Sampler[int]):
         num_samples = len(types) if num_samples is None else int(num_samples)
         if num_samples < 1:
             raise ValueError(f"num_samples must be positive, got {num_samples}.")
-        present = sorted(set(types), key=lambda t: (_TYPE_ORDER.index(t) if t in _TYPE_ORDER else len(_TYPE_ORDER), t))
+        order = {kind: rank for rank, kind in enumerate(ANNOTATION_TYPES)}
+        present = sorted(set(types), key=lambda t: (order.get(t, len(order)), t))
         self.pools = {t: np.flatnonzero(np.asarray(types) == t) for t in present}
         if type_weights is None:
             self.weights = None

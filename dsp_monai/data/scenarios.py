@@ -1,4 +1,4 @@
-"""Annotation scenarios: cross-sub-volume splits and annotation compression rates (method.md sections 1, 7, 8).
+"""Annotation scenarios: cross-sub-volume splits and annotation compression rates (docs/method.md §1, §9, §10).
 
 A *scenario* turns a fully annotated datalist into the paper's protocol:
 
@@ -26,9 +26,22 @@ annotations themselves are *not* stored: they are derived at load time from the 
 :class:`dsp_monai.transforms.weak_labels.DeriveWeakLabelsd`, which keeps exactly the type the item names and hides
 the mask of weakly and un-annotated items. Validation and test items are unchanged (full masks).
 
-Split files (:func:`save_scenario` / :func:`load_scenario`) are JSON: the scenario's parameters, the sub-volume ids
-of each part and the items of each part (paths and ids, as in the datalist), so a results folder can commit the
-exact training set it used. Items must therefore be JSON-serialisable (paths, not arrays).
+Split files (:func:`save_scenario` / :func:`load_scenario`) are the project's one split-file format, written by the
+library and by the bundle's experiment preparation (:mod:`dsp_monai.data.experiment`) alike. A JSON object::
+
+    {
+      "format_version": 2,
+      "class_names": ["background", ...] or null,
+      "parameters": {"acr": 8 or null, "weak_types": [...], "split_index": 0, "num_splits": 5, "seed": 0,
+                     "mode": "random" | "kfold" | "sections", "fractions": [0.6, 0.2, 0.2]},
+      "extra": {...},                  # free-form: the experiment's request, the datalist, ...
+      "subvolumes": {"training": [...], "validation": [...], "test": [...]},
+      "training": [ITEM, ...], "validation": [ITEM, ...], "test": [ITEM, ...]
+    }
+
+with the items as in the datalist (paths and ids), so a results folder can commit the exact training set it used.
+Items must therefore be JSON-serialisable (paths, not arrays). ``acr`` null means the training items keep the
+annotations they were given (mode ``"sections"``: a datalist with its own training / validation / test sections).
 """
 
 from __future__ import annotations
@@ -41,6 +54,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from dsp_monai.annotations.vocabulary import ANNOTATION_TYPE, ANNOTATION_TYPES, SUBVOLUME, WEAK_TYPES
 
 __all__ = [
     "PARTS",
@@ -58,12 +73,12 @@ logger = logging.getLogger(__name__)
 PARTS = ("training", "validation", "test")
 """The three parts of a split, in file order."""
 
-SCENARIO_FORMAT_VERSION = 1
-"""Version of the split-file format written by :func:`save_scenario`."""
+SCENARIO_FORMAT_VERSION = 2
+"""Version of the split-file format written by :func:`save_scenario` (1: the library's first format, without
+``parameters`` and ``class_names``; the bundle's first split files had no version)."""
 
-_WEAK_TYPES = ("tags", "boxes", "points")
-_ANNOTATION_TYPES = ("mask",) + _WEAK_TYPES + ("none",)
 _SPLIT_MODES = ("random", "kfold")
+_FILE_MODES = _SPLIT_MODES + ("sections",)
 
 
 def _check_items(items: Sequence[Mapping], subvolume_key: str) -> list[dict]:
@@ -96,14 +111,14 @@ def _check_weak_types(weak_types: Sequence[str] | str | None) -> tuple[str, ...]
     if weak_types is None:
         return ()
     weak_types = (weak_types,) if isinstance(weak_types, str) else tuple(weak_types)
-    unknown = [t for t in weak_types if t not in _WEAK_TYPES]
+    unknown = [t for t in weak_types if t not in WEAK_TYPES]
     if unknown:
         raise ValueError(
-            f"weak_types must be a subset of {_WEAK_TYPES} (empty = semi-supervised), got unknown type(s) {unknown}."
+            f"weak_types must be a subset of {WEAK_TYPES} (empty = semi-supervised), got unknown type(s) {unknown}."
         )
     if len(set(weak_types)) != len(weak_types):
         raise ValueError(f"weak_types lists a type twice: {list(weak_types)}.")
-    return tuple(t for t in _WEAK_TYPES if t in weak_types)
+    return tuple(t for t in WEAK_TYPES if t in weak_types)
 
 
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
@@ -131,7 +146,7 @@ def make_splits(
     seed: int = 0,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     mode: str = "random",
-    subvolume_key: str = "subvolume",
+    subvolume_key: str = SUBVOLUME,
 ) -> list[dict[str, list[str]]]:
     """Cross-sub-volume splits: for each repetition, the sub-volume ids of training, validation and test.
 
@@ -212,7 +227,7 @@ def assign_annotation_types(
     weak_types: Sequence[str] | str | None,
     seed: int = 0,
     split_index: int = 0,
-    annotation_type_key: str = "annotation_type",
+    annotation_type_key: str = ANNOTATION_TYPE,
 ) -> list[dict]:
     """Copies of ``items`` with ``annotation_type`` set: ``max(1, floor(N / acr))`` masks, the rest weak or none.
 
@@ -262,22 +277,23 @@ class Scenario:
         training: training items, each with ``annotation_type``.
         validation: validation items (full annotations).
         test: test items (full annotations).
-        subvolumes: sub-volume ids of each part.
-        acr: the annotation compression rate.
+        subvolumes: sub-volume ids of each part (empty for a datalist with its own sections).
+        acr: the annotation compression rate; None when the training items keep the annotations they were given.
         weak_types: the weak types in play (empty = semi-supervised).
         split_index: which repetition this is.
         num_splits: the number of repetitions.
         seed: the seed of the splits and of the annotation types.
-        mode: the split mode.
+        mode: the split mode (``"random"``, ``"kfold"``, or ``"sections"`` for a datalist's own sections).
         fractions: the target fractions of the ``"random"`` mode.
         extra: free-form metadata kept in the split file (e.g. the datalist's name).
+        class_names: the datalist's class names, when known.
     """
 
     training: list[dict]
     validation: list[dict]
     test: list[dict]
     subvolumes: dict[str, list[str]]
-    acr: float
+    acr: float | None
     weak_types: tuple[str, ...]
     split_index: int
     num_splits: int
@@ -285,18 +301,18 @@ class Scenario:
     mode: str = "random"
     fractions: tuple[float, ...] = (0.6, 0.2, 0.2)
     extra: dict = field(default_factory=dict)
+    class_names: list[str] | None = None
 
-    def counts(self, annotation_type_key: str = "annotation_type") -> dict[str, int]:
+    def counts(self, annotation_type_key: str = ANNOTATION_TYPE) -> dict[str, int]:
         """Number of training items per annotation type."""
         out: dict[str, int] = {}
         for item in self.training:
             out[item[annotation_type_key]] = out.get(item[annotation_type_key], 0) + 1
         return out
 
-    def to_dict(self) -> dict:
-        """The JSON-ready content of the split file."""
+    def parameters(self) -> dict:
+        """The parameters that produced the scenario, as the split file stores them."""
         return {
-            "format_version": SCENARIO_FORMAT_VERSION,
             "acr": self.acr,
             "weak_types": list(self.weak_types),
             "split_index": self.split_index,
@@ -304,6 +320,14 @@ class Scenario:
             "seed": self.seed,
             "mode": self.mode,
             "fractions": list(self.fractions),
+        }
+
+    def to_dict(self) -> dict:
+        """The JSON-ready content of the split file (format in the module docstring)."""
+        return {
+            "format_version": SCENARIO_FORMAT_VERSION,
+            "class_names": None if self.class_names is None else list(self.class_names),
+            "parameters": self.parameters(),
             "extra": self.extra,
             "subvolumes": self.subvolumes,
             "training": self.training,
@@ -321,8 +345,8 @@ def make_scenario(
     seed: int = 0,
     fractions: Sequence[float] = (0.6, 0.2, 0.2),
     mode: str = "random",
-    subvolume_key: str = "subvolume",
-    annotation_type_key: str = "annotation_type",
+    subvolume_key: str = SUBVOLUME,
+    annotation_type_key: str = ANNOTATION_TYPE,
     extra: Mapping | None = None,
 ) -> Scenario:
     """The scenario of one split repetition: its three parts and the training items' annotation types.
@@ -380,7 +404,8 @@ def make_scenario(
 
 
 def save_scenario(scenario: Scenario, path: str | os.PathLike) -> str:
-    """Write ``scenario`` as a JSON split file (parent folders created); returns the path.
+    """Write ``scenario`` as a JSON split file (parent folders created; written to a temporary file, then renamed,
+    so a reader never sees half a file); returns the path.
 
     Raises:
         TypeError: when an item holds a value JSON cannot store (an array, say), naming the part, item and key.
@@ -400,19 +425,35 @@ def save_scenario(scenario: Scenario, path: str | os.PathLike) -> str:
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(content, handle, indent=1)
         handle.write("\n")
+    os.replace(temporary, path)
     return path
 
 
-def load_scenario(path: str | os.PathLike, annotation_type_key: str = "annotation_type") -> Scenario:
-    """Read a split file written by :func:`save_scenario`.
+def _old_format_error(path: str, content: object) -> ValueError:
+    if isinstance(content, dict) and "format_version" not in content and "parameters" in content:
+        found = "an unversioned split file of an earlier bundle"
+    elif isinstance(content, dict):
+        found = f"format version {content.get('format_version')!r}"
+    else:
+        found = f"a JSON {type(content).__name__}"
+    return ValueError(
+        f"{path!r} is {found}, not a split file of format version {SCENARIO_FORMAT_VERSION}. Delete it (the bundle "
+        f"writes a new one for the same parameters; a run's checkpoints stay usable) or write it again with "
+        f"dsp_monai.data.scenarios.save_scenario."
+    )
+
+
+def load_scenario(path: str | os.PathLike, annotation_type_key: str = ANNOTATION_TYPE) -> Scenario:
+    """Read a split file written by :func:`save_scenario` (format in the module docstring).
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when the file is not a split file of a known version, or a part or item is malformed
-            (the message names the file, part and item).
+        ValueError: when the file is not a split file of the current version (an older format is named, with what
+            to do), or a part or item is malformed (the message names the file, part and item).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -423,35 +464,38 @@ def load_scenario(path: str | os.PathLike, annotation_type_key: str = "annotatio
         except json.JSONDecodeError as error:
             raise ValueError(f"split file {path!r} is not valid JSON: {error}.") from error
     if not isinstance(content, dict) or content.get("format_version") != SCENARIO_FORMAT_VERSION:
-        found = content.get("format_version") if isinstance(content, dict) else type(content).__name__
-        raise ValueError(
-            f"{path!r} is not a split file of format version {SCENARIO_FORMAT_VERSION} (found {found!r}); "
-            f"write it with dsp_monai.data.scenarios.save_scenario."
-        )
-    required = PARTS + ("acr", "weak_types", "split_index", "num_splits", "seed", "subvolumes")
-    missing = [k for k in required if k not in content]
+        raise _old_format_error(path, content)
+    missing = [k for k in PARTS + ("parameters", "subvolumes", "class_names") if k not in content]
     if missing:
         raise ValueError(f"split file {path!r} lacks the key(s) {missing}.")
+    parameters = content["parameters"]
+    needed = ("acr", "weak_types", "split_index", "num_splits", "seed", "mode", "fractions")
+    if not isinstance(parameters, dict) or any(k not in parameters for k in needed):
+        raise ValueError(f"split file {path!r}: 'parameters' must hold {list(needed)}; got {parameters!r}.")
+    if parameters["mode"] not in _FILE_MODES:
+        raise ValueError(f"split file {path!r}: mode must be one of {_FILE_MODES}, got {parameters['mode']!r}.")
     for part in PARTS:
         if not isinstance(content[part], list) or not all(isinstance(i, dict) for i in content[part]):
             raise ValueError(f"split file {path!r}: {part!r} must be a list of item dicts.")
     for index, item in enumerate(content["training"]):
-        if item.get(annotation_type_key) not in _ANNOTATION_TYPES:
+        if item.get(annotation_type_key) not in ANNOTATION_TYPES:
             raise ValueError(
                 f"split file {path!r}: training item {index} has {annotation_type_key}="
-                f"{item.get(annotation_type_key)!r}, expected one of {_ANNOTATION_TYPES}."
+                f"{item.get(annotation_type_key)!r}, expected one of {ANNOTATION_TYPES}."
             )
+    class_names = content["class_names"]
     return Scenario(
         training=content["training"],
         validation=content["validation"],
         test=content["test"],
         subvolumes={p: list(v) for p, v in content["subvolumes"].items()},
-        acr=_check_acr(content["acr"]),
-        weak_types=_check_weak_types(content["weak_types"]),
-        split_index=int(content["split_index"]),
-        num_splits=int(content["num_splits"]),
-        seed=int(content["seed"]),
-        mode=content.get("mode", "random"),
-        fractions=tuple(content.get("fractions", (0.6, 0.2, 0.2))),
-        extra=dict(content.get("extra", {})),
+        acr=None if parameters["acr"] is None else _check_acr(parameters["acr"]),
+        weak_types=_check_weak_types(parameters["weak_types"]),
+        split_index=int(parameters["split_index"]),
+        num_splits=int(parameters["num_splits"]),
+        seed=int(parameters["seed"]),
+        mode=parameters["mode"],
+        fractions=tuple(float(f) for f in parameters["fractions"]),
+        extra=dict(content.get("extra") or {}),
+        class_names=None if class_names is None else list(class_names),
     )

@@ -1,13 +1,13 @@
 """Training and evaluation workflows on MONAI engines, used by the bundle in ``bundle/``.
 
 - :mod:`dsp_monai.engines.trainer`: :class:`MethodTrainer`, every method as named loss terms (docs/methods.md);
-- :mod:`dsp_monai.engines.data`: from a datalist to an experiment's items and their transform chains;
+- :mod:`dsp_monai.engines.data`: the transform chains of an experiment's items (made by
+  :mod:`dsp_monai.data.experiment`);
 - :mod:`dsp_monai.engines.metrics`: per-class Dice (:class:`ClassDice`);
 - :mod:`dsp_monai.engines.handlers`: reproducible epochs, resumable checkpoints, run summary, overlays, EMA update;
 - :mod:`dsp_monai.engines.evaluation`: test-set reports and inference outputs.
 """
 
-import json
 import os
 
 from .handlers import (
@@ -49,17 +49,17 @@ def bundle_root() -> str:
 
 
 def class_names_of(datalist: str) -> list:
-    """The ``class_names`` of a datalist JSON (without validating its items).
+    """The ``class_names`` of a datalist JSON, for the bundle's configuration.
+
+    The datalist is read and fully validated here, once (:func:`dsp_monai.data.datalist.read_datalist` with its
+    content checks; the experiment preparation reuses the result). A problem ends the process with its message as
+    the last line (:func:`dsp_monai.data.experiment.bundle_errors`).
 
     Raises:
-        FileNotFoundError: when the file does not exist.
-        ValueError: when it holds no ``class_names`` list.
+        SystemExit: for a missing or invalid datalist, naming the file, section, item and key of every problem.
     """
-    if not os.path.isfile(datalist):
-        raise FileNotFoundError(f"datalist not found: {datalist} (set the config's `datalist` to your JSON file)")
-    with open(datalist) as handle:
-        content = json.load(handle)
-    names = content.get("class_names") if isinstance(content, dict) else None
-    if not isinstance(names, list) or not names:
-        raise ValueError(f"{datalist}: expected a non-empty list under 'class_names'; got {names!r}")
-    return names
+    from dsp_monai.data.datalist import read_datalist
+    from dsp_monai.data.experiment import bundle_errors
+
+    with bundle_errors():
+        return list(read_datalist(datalist, check_contents=True).class_names)

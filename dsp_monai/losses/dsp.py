@@ -15,7 +15,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.loss import _Loss
 
-from ..annotations import ANNOTATION_TYPES, AnnotationBatch, collate_annotations
+from ..annotations import POSITIVE_TYPES, AnnotationBatch, collate_annotations
 from ..ops import prototype_logsumexp
 from .distributed import all_reduce_max, all_reduce_sum, check_option, resolve_group
 
@@ -88,7 +88,7 @@ class _PositiveSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, annotations, dtype):
         flat = logits.detach().reshape(-1)
-        sums = torch.zeros(len(ANNOTATION_TYPES), annotations.num_classes, dtype=_SUM_DTYPE, device=logits.device)
+        sums = torch.zeros(len(POSITIVE_TYPES), annotations.num_classes, dtype=_SUM_DTYPE, device=logits.device)
         sums[0].index_add_(0, annotations.mask_classes, flat.index_select(0, annotations.mask_index).to(_SUM_DTYPE))
         sums[2].index_add_(0, annotations.point_classes, flat.index_select(0, annotations.point_index).to(_SUM_DTYPE))
 
@@ -287,7 +287,7 @@ def dsp_loss_from_scores(logits: torch.Tensor, log_z: torch.Tensor, batch: Annot
     safe_log_z = torch.where(finite, log_z, torch.zeros_like(log_z))
     present = (counts > 0) & finite
     terms = torch.where(present, safe_log_z - means, torch.zeros_like(means)).sum(dim=1)
-    out = {name: terms[row] for row, name in enumerate(ANNOTATION_TYPES)}
+    out = {name: terms[row] for row, name in enumerate(POSITIVE_TYPES)}
     out["total"] = terms.sum()
     out["logits"] = logits
     out["log_z"] = log_z
@@ -347,7 +347,7 @@ class DSPLoss(_Loss):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer; got {ignore_index!r}")
         check_option(distributed)
-        self.weights = tuple(float(weights[f"lambda_{name}"]) for name in ANNOTATION_TYPES)
+        self.weights = tuple(float(weights[f"lambda_{name}"]) for name in POSITIVE_TYPES)
         self.ignore_index = ignore_index
         self.distributed = distributed
 
@@ -390,7 +390,7 @@ class DSPLoss(_Loss):
         return self._weighted(dsp_loss_from_scores(logits, log_z, batch, resolve_group(self.distributed)))
 
     def _weighted(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, ANNOTATION_TYPES))
+        out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, POSITIVE_TYPES))
         return out
 
 
@@ -417,4 +417,4 @@ class DSPTerm:
     def __call__(self, context) -> Dict[str, torch.Tensor]:
         logits, log_z = context.scores(self.view)
         out = self.loss.from_scores(logits, log_z, context.annotations)
-        return {"total": out["total"], **{name: out[name] for name in ANNOTATION_TYPES}}
+        return {"total": out["total"], **{name: out[name] for name in POSITIVE_TYPES}}

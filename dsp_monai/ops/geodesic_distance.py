@@ -5,7 +5,7 @@ to the map's seeds on the 8-connected (2D) or 26-connected (3D) grid, where a st
 
     (1 - lamb) * |p - q|_spacing + lamb * |I(p) - I(q)|
 
-(|I(p) - I(q)| is the Euclidean norm over the image channels). lamb = 1 gives the discrete
+(|I(p) - I(q)| is the Euclidean norm over the image channels; docs/ops.md §2). lamb = 1 gives the discrete
 geodesic distance of DeepIGeoS (Wang et al. 2019), lamb = 0 the chamfer distance. By default the result is exact:
 it equals Dijkstra's shortest paths on that graph, computed in float32. ``euclidean_distance`` is the exact
 Euclidean distance transform (Felzenszwalb & Huttenlocher 2012), which the 8-connected chamfer distance

@@ -154,7 +154,7 @@ def prototype_logsumexp(
 
         log Z_c = log sum_{valid j} [ sum_{k != c} exp s_k(j) + [c not in A_j] exp s_c(j) ]
 
-    (shared/design/method.md §2-4, supplement S.3), where A_j is the set of classes possible at pixel j.
+    (docs/method.md §2, §4 and §5; supplement S.3), where A_j is the set of classes possible at pixel j.
 
     Args:
         embeddings: (B, D, *spatial) float16 / bfloat16 / float32 / float64, any number (>= 1) of spatial dims;

@@ -19,7 +19,7 @@ def prototype_logsumexp_reference(
     allowed: Optional[torch.Tensor] = None,
     valid: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Reference for :func:`dsp_monai.ops.prototype_logsumexp` (method.md §2 and S.3).
+    """Reference for :func:`dsp_monai.ops.prototype_logsumexp` (docs/method.md §2 and §5, supplement S.3).
 
     Args:
         embeddings: (B, D, *spatial) pixel embeddings.

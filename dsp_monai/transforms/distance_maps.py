@@ -12,15 +12,13 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends, optional_import
+from monai.utils import TransformBackends
 
+from ..annotations.from_masks import component_medoids
 from ..ops import euclidean_distance, geodesic_distance, normalise_distance
-
-ndimage, _ = optional_import("scipy.ndimage")
 
 __all__ = [
     "PointDistanceMaps",
@@ -51,17 +49,18 @@ def points_from_mask(
     classes: Optional[Sequence[int]] = None,
     spacing: Optional[Sequence[float]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One point per connected component of each class of a label mask: the component's most interior pixel.
+    """One point per connected component of each class of a label mask, at the component's medoid.
 
-    The most interior pixel is the one farthest (Euclidean, with ``spacing``) from every pixel outside the
-    component and from the image border, so it lies inside the component even where its centroid would not
-    (first in raster order on ties). Components are 8-connected in 2D and 26-connected in 3D.
+    The project's one rule for points from masks (:func:`dsp_monai.annotations.from_masks.component_medoids`, the
+    rule the simulated clicks of an experiment follow too): the pixel of the component with the smallest summed
+    Euclidean distance (with ``spacing``) to its other pixels; it always lies inside the component. Components are
+    8-connected in 2D and 26-connected in 3D.
 
     Args:
         mask: (*spatial) or (1, *spatial) integer labels, 2D or 3D.
         num_classes: labels are expected in [0, num_classes); other values are ignored.
         classes: the classes to place points for; None means all of 0 .. num_classes - 1.
-        spacing: pixel size per spatial dim for the interior distance; None means 1.
+        spacing: pixel size per spatial dim for the distances; None means 1.
 
     Returns:
         ``(points, point_classes)``: (N, dims) float32 pixel coordinates and (N,) int64 classes, ordered by class
@@ -76,31 +75,9 @@ def points_from_mask(
     if labels.dim() not in (2, 3):
         raise ValueError(f"mask must have shape (*spatial) or (1, *spatial) with 2 or 3 spatial dims; got shape "
                          f"{list(torch.as_tensor(mask).shape)}")
-    dims = labels.dim()
-    strides = labels.contiguous().stride()
-    structure = ndimage.generate_binary_structure(dims, dims)
-    points, point_classes = [], []
-    for c in range(num_classes) if classes is None else classes:
-        inside = labels == int(c)
-        if not inside.any():
-            continue
-        outside = F.pad(~inside, [1, 1] * dims, value=True)
-        interior = euclidean_distance(outside[None, None], spacing)[0, 0]
-        interior = interior[(slice(1, -1),) * dims].reshape(-1)
-        components, count = ndimage.label(inside.numpy(), structure=structure)
-        components = torch.from_numpy(components).reshape(-1).long()
-        # Per component: the largest interior distance, then the first pixel (raster order) that reaches it.
-        deepest = torch.full((count + 1,), -1.0).scatter_reduce(0, components, interior, "amax")
-        reaches = (interior == deepest[components]) & (components > 0)
-        index = torch.arange(len(components))
-        first = torch.full((count + 1,), len(components)).scatter_reduce(0, components[reaches], index[reaches], "amin")
-        for flat in first[1:].tolist():
-            points.append([flat // stride % size for stride, size in zip(strides, labels.shape)])
-        point_classes += [int(c)] * count
-    return (
-        torch.tensor(points, dtype=torch.float32).reshape(-1, dims),
-        torch.tensor(point_classes, dtype=torch.int64),
-    )
+    wanted = range(num_classes) if classes is None else classes
+    points, point_classes = component_medoids(labels.numpy(), [int(c) for c in wanted], spacing=spacing)
+    return torch.from_numpy(points).to(torch.float32), torch.from_numpy(point_classes)
 
 
 class PointDistanceMaps(Transform):
@@ -243,7 +220,7 @@ class PointDistanceMapsd(MapTransform):
 
     The points come from ``data[keys]`` (one key: (N, dims) pixel coordinates) with their classes in
     ``data[classes_key]``; or, when ``mask_key`` is set, from the connected components of the label mask
-    ``data[mask_key]`` (one point per component, at its most interior pixel, see :func:`points_from_mask`), in
+    ``data[mask_key]`` (one point per component, at its medoid, see :func:`points_from_mask`), in
     which case the derived points and classes are also written to ``data[keys]`` and ``data[classes_key]``.
 
     Args:

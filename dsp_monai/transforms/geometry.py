@@ -7,10 +7,12 @@ deriving weak labels and transforming commute: for flips, 90-degree rotations an
 boxes, points and tags gives exactly what deriving from the transformed mask gives. Points are moved as the
 one-pixel boxes ``[p, p + 1)``.
 
-Annotation conventions (the record shared by the data pipeline, transforms and loss): array order
-(row, column) / (z, y, x); boxes ``(N, 2 * ndim)`` int64 in MONAI's ``StandardMode`` with exclusive ends and
-``box_classes`` ``(N,)``; points ``(M, ndim)`` int64 with ``point_classes`` ``(M,)``; ``valid`` ``(1, *spatial)``
-bool, False on padding. A missing key or None means that annotation is absent; it stays absent.
+Annotation conventions (the record shared by the data pipeline, transforms and loss, defined in
+:mod:`dsp_monai.annotations.vocabulary`): array order (row, column) / (z, y, x); boxes ``(N, 2 * ndim)`` int64 in
+MONAI's ``StandardMode`` with exclusive ends and ``box_classes`` ``(N,)``; points ``(M, ndim)`` int64 with
+``point_classes`` ``(M,)``; ``valid`` ``(1, *spatial)`` bool, False on padding. A missing key or None means that
+annotation is absent; it stays absent. Coordinates follow the project's one policy: whole numbers (floats holding
+whole numbers are accepted; a fractional coordinate is an error, never rounded).
 
 What each operation does to annotations:
 
@@ -61,6 +63,18 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.data.box_utils import spatial_crop_boxes
 from monai.transforms import Flip, MapTransform, Pad, Randomizable, Rotate90, SpatialCrop, Zoom
+
+from dsp_monai.annotations.vocabulary import (
+    BOX_CLASSES,
+    BOXES,
+    IGNORE_VALUE,
+    LABEL,
+    POINT_CLASSES,
+    POINTS,
+    TAGS,
+    VALID,
+    whole_numbers,
+)
 
 __all__ = [
     "AddValidMaskd",
@@ -134,14 +148,14 @@ class _AnnotatedGeometry(MapTransform):
     def __init__(
         self,
         image_keys: KeysCollection = ("image",),
-        label_key: str | None = "label",
-        valid_key: str | None = "valid",
-        boxes_key: str = "boxes",
-        box_classes_key: str = "box_classes",
-        points_key: str = "points",
-        point_classes_key: str = "point_classes",
-        tags_key: str = "tags",
-        ignore_index: int = 255,
+        label_key: str | None = LABEL,
+        valid_key: str | None = VALID,
+        boxes_key: str = BOXES,
+        box_classes_key: str = BOX_CLASSES,
+        points_key: str = POINTS,
+        point_classes_key: str = POINT_CLASSES,
+        tags_key: str = TAGS,
+        ignore_index: int = IGNORE_VALUE,
         image_pad_value: float = 0.0,
         tags_on_crop: str = "drop",
     ) -> None:
@@ -193,18 +207,13 @@ class _AnnotatedGeometry(MapTransform):
         if value is None:
             return None
         width = 2 * ndim if kind == "boxes" else ndim
-        coords = _plain(value)
+        coords = whole_numbers(_plain(value), coords_key)
         if coords.numel() == 0:
             coords = coords.reshape(0, width)
         if coords.ndim != 2 or coords.shape[1] != width:
             raise ValueError(
                 f"{coords_key} must have shape (N, {width}) for a {ndim}D item, got {tuple(coords.shape)}."
             )
-        if coords.is_floating_point():
-            if kind == "boxes":
-                coords = torch.cat([coords[:, :ndim].floor(), coords[:, ndim:].ceil()], 1)
-            else:
-                coords = coords.round()
         classes = d.get(classes_key)
         if classes is not None and len(classes) != coords.shape[0]:
             raise ValueError(

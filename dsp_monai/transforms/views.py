@@ -1,4 +1,4 @@
-"""The weak / strong view pair of consistency training (FixMatch style; method.md section 5).
+"""The weak / strong view pair of consistency training (FixMatch style; docs/method.md §6).
 
 Both views share one geometry: apply every geometric transform (flips, rotations, crops, zoom, padding, see
 :mod:`dsp_monai.transforms.geometry`) first, then :class:`WeakStrongViewsd`, which copies the image to the strong

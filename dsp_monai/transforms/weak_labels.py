@@ -1,4 +1,4 @@
-"""Weak annotations derived from full masks: image-level tags, boxes and points (method.md section 7).
+"""Weak annotations derived from full masks: image-level tags, boxes and points (docs/method.md §9).
 
 The derivation follows the paper's protocol for experiments in which weak annotations are simulated from masks:
 
@@ -6,8 +6,9 @@ The derivation follows the paper's protocol for experiments in which weak annota
 - boxes: one per connected component of each class, its bounding box in array order with exclusive ends
   (MONAI's ``StandardMode``: 2D ``[r0, c0, r1, c1]``, 3D ``[z0, y0, x0, z1, y1, x1]``);
 - points: one per connected component, at the component's medoid, the pixel of the component with the smallest
-  summed Euclidean distance to the component's other pixels. Unlike the centroid it always lies inside the
-  component. :func:`medoid_index` computes it exactly (see there for the algorithm and its cost).
+  summed Euclidean distance to the component's other pixels, by the project's one rule
+  (:func:`dsp_monai.annotations.from_masks.component_medoids`). Unlike the centroid it always lies inside the
+  component.
 
 Pixels holding the ignore value are *unknown*: they belong to no component and their class is not listed. A tag
 list or a box set derived from a mask with unknown pixels is therefore only known to be complete on the known
@@ -29,102 +30,25 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
-__all__ = [
-    "ANNOTATION_TYPES",
-    "WEAK_TYPES",
-    "DeriveWeakLabels",
-    "DeriveWeakLabelsd",
-    "medoid_index",
-]
+from dsp_monai.annotations.from_masks import component_medoids, connectivity_structure
+from dsp_monai.annotations.vocabulary import (
+    ANNOTATION_TYPE,
+    ANNOTATION_TYPES,
+    BOX_CLASSES,
+    BOXES,
+    BOXES_EXHAUSTIVE,
+    IGNORE_VALUE,
+    LABEL,
+    POINT_CLASSES,
+    POINTS,
+    TAGS,
+    VALID,
+    WEAK_TYPES,
+)
 
-
-WEAK_TYPES = ("tags", "boxes", "points")
-"""The weak annotation types that can be derived from a mask, in canonical order."""
-
-ANNOTATION_TYPES = ("mask", "tags", "boxes", "points", "none")
-"""Every value an item's ``annotation_type`` may take."""
+__all__ = ["DeriveWeakLabels", "DeriveWeakLabelsd"]
 
 _UNKNOWN_POLICIES = ("invalidate", "keep")
-
-
-def _pairwise_costs(coords: np.ndarray) -> np.ndarray:
-    """Summed Euclidean distance from every row of ``coords`` to all rows (brute force, ``O(n^2)`` memory)."""
-    diff = coords[:, None, :] - coords[None, :, :]
-    return np.sqrt((diff * diff).sum(-1)).sum(1)
-
-
-def medoid_index(
-    coords: np.ndarray | Sequence[Sequence[float]],
-    spacing: Sequence[float] | None = None,
-    rtol: float = 1e-9,
-    brute_force_below: int = 64,
-) -> int:
-    """Index of the medoid of a point set: the point with the smallest summed Euclidean distance to all others.
-
-    The result is exact. Costs within a relative ``rtol`` of the minimum (floating-point ties, e.g. in symmetric
-    components) count as equal, and the lowest index among them is returned, so the answer does not depend on the
-    search path.
-
-    Algorithm: the summed distance ``f(p) = sum_q ||p - q||`` is convex on R^d, so the tangent plane at any
-    evaluated point ``r``, ``f(r) + g(r) . (p - r)`` with the subgradient ``g(r) = sum_{q != r} (r - q) / ||r - q||``,
-    is a lower bound of ``f`` everywhere. Starting at the point nearest the centroid, the point with the smallest
-    lower bound is evaluated next (Kelley's cutting planes over the finite set) until no unevaluated point's bound
-    is within ``rtol`` of the best cost. Each evaluation costs ``O(n d)``; in 2D and 3D a few tens of evaluations
-    suffice in practice (a 128 x 128 component takes milliseconds), and the worst case is the brute force
-    ``O(n^2)``. Sets smaller than ``brute_force_below`` are solved by the brute force directly.
-
-    Args:
-        coords: ``(n, d)`` point coordinates, ``n >= 1``.
-        spacing: optional per-axis scale (``d`` values, e.g. anisotropic voxel sizes) applied before measuring
-            distances. ``None`` means unit spacing.
-        rtol: relative tolerance under which two costs count as tied.
-        brute_force_below: sets with fewer points are solved by computing all pairwise distances.
-
-    Returns:
-        The index (into ``coords``) of the medoid.
-
-    Raises:
-        ValueError: if ``coords`` is not a non-empty 2-D array, or ``spacing`` does not have ``d`` positive values.
-
-    Example:
-        >>> medoid_index([[0, 0], [0, 1], [0, 2], [5, 5]])
-        1
-    """
-    points = np.asarray(coords, dtype=np.float64)
-    if points.ndim != 2 or points.shape[0] == 0:
-        raise ValueError(f"medoid_index expects a non-empty (n, d) coordinate array, got shape {points.shape}.")
-    if spacing is not None:
-        scale = np.asarray(spacing, dtype=np.float64)
-        if scale.shape != (points.shape[1],) or not np.all(scale > 0):
-            raise ValueError(
-                f"spacing must hold {points.shape[1]} positive values (one per axis), got {tuple(np.ravel(scale))}."
-            )
-        points = points * scale
-    count = points.shape[0]
-    if count < max(brute_force_below, 3):
-        costs = _pairwise_costs(points)
-        return int(np.flatnonzero(costs <= costs.min() * (1.0 + rtol))[0])
-
-    lower = np.full(count, -np.inf)
-    costs = np.full(count, np.inf)
-    evaluated = np.zeros(count, dtype=bool)
-    best = np.inf
-    current = int(np.argmin(((points - points.mean(0)) ** 2).sum(1)))
-    while True:
-        offsets = points - points[current]
-        distances = np.sqrt((offsets * offsets).sum(1))
-        cost = distances.sum()
-        distances[current] = 1.0
-        gradient = -(offsets / distances[:, None]).sum(0)
-        np.maximum(lower, cost + offsets @ gradient, out=lower)
-        costs[current] = cost
-        evaluated[current] = True
-        best = min(best, cost)
-        bound = np.where(evaluated, np.inf, lower)
-        current = int(np.argmin(bound))
-        if bound[current] > best * (1.0 + rtol):
-            break
-    return int(np.flatnonzero(costs <= best * (1.0 + rtol))[0])
 
 
 def _as_label_array(label: np.ndarray | torch.Tensor, name: str = "label") -> np.ndarray:
@@ -179,7 +103,7 @@ class DeriveWeakLabels(Transform):
         self,
         types: Sequence[str] = WEAK_TYPES,
         connectivity: int | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_VALUE,
         exclude_classes: Sequence[int] = (),
         spacing: Sequence[float] | None = None,
     ) -> None:
@@ -196,13 +120,7 @@ class DeriveWeakLabels(Transform):
         self.spacing = None if spacing is None else tuple(float(s) for s in spacing)
 
     def _structure(self, ndim: int) -> np.ndarray:
-        connectivity = ndim if self.connectivity is None else int(self.connectivity)
-        if not 1 <= connectivity <= ndim:
-            raise ValueError(
-                f"connectivity must be in 1..{ndim} for a {ndim}D label (1 = faces only, {ndim} = full), "
-                f"got {connectivity}."
-            )
-        return ndimage.generate_binary_structure(ndim, connectivity)
+        return connectivity_structure(ndim, self.connectivity)
 
     def __call__(
         self,
@@ -240,34 +158,29 @@ class DeriveWeakLabels(Transform):
         classes = np.unique(mask[known])
         result: dict = {}
         if "tags" in types:
-            result["tags"] = torch.as_tensor(classes, dtype=torch.int64)
+            result[TAGS] = torch.as_tensor(classes, dtype=torch.int64)
         want_boxes, want_points = "boxes" in types, "points" in types
         if not (want_boxes or want_points):
             return result
-        structure = self._structure(ndim)
-        boxes, points, component_classes = [], [], []
-        for cls in classes:
-            if int(cls) in self.exclude_classes:
-                continue
-            components, count = ndimage.label(mask == cls, structure=structure)
-            for index, region in enumerate(ndimage.find_objects(components), start=1):
-                starts = np.array([s.start for s in region], dtype=np.int64)
-                stops = np.array([s.stop for s in region], dtype=np.int64)
-                component_classes.append(int(cls))
-                if want_boxes:
-                    boxes.append(np.concatenate([starts, stops]))
-                if want_points:
-                    coords = np.argwhere(components[region] == index)
-                    points.append(coords[medoid_index(coords, self.spacing)] + starts)
-        labels = torch.as_tensor(np.asarray(component_classes, dtype=np.int64))
+        boxed = [int(c) for c in classes if int(c) not in self.exclude_classes]
         if want_boxes:
-            result["boxes"] = torch.as_tensor(np.asarray(boxes, dtype=np.int64).reshape(-1, 2 * ndim))
-            result["box_classes"] = labels.clone()
+            structure = self._structure(ndim)
+            boxes, box_classes = [], []
+            for cls in boxed:
+                components, _ = ndimage.label(mask == cls, structure=structure)
+                for region in ndimage.find_objects(components):
+                    boxes.append([s.start for s in region] + [s.stop for s in region])
+                    box_classes.append(cls)
+            result[BOXES] = torch.as_tensor(np.asarray(boxes, dtype=np.int64).reshape(-1, 2 * ndim))
+            result[BOX_CLASSES] = torch.as_tensor(np.asarray(box_classes, dtype=np.int64))
             excluded_present = bool(self.exclude_classes.intersection(int(c) for c in classes))
-            result["boxes_exhaustive"] = complete and not excluded_present
+            result[BOXES_EXHAUSTIVE] = complete and not excluded_present
         if want_points:
-            result["points"] = torch.as_tensor(np.asarray(points, dtype=np.int64).reshape(-1, ndim))
-            result["point_classes"] = labels.clone()
+            points, point_classes = component_medoids(
+                mask, boxed, self.connectivity, self.spacing, self.ignore_index
+            )
+            result[POINTS] = torch.as_tensor(points)
+            result[POINT_CLASSES] = torch.as_tensor(point_classes)
         return result
 
 
@@ -325,22 +238,22 @@ class DeriveWeakLabelsd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "label",
+        keys: KeysCollection = LABEL,
         types: Sequence[str] = WEAK_TYPES,
-        annotation_type_key: str | None = "annotation_type",
+        annotation_type_key: str | None = ANNOTATION_TYPE,
         connectivity: int | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_VALUE,
         exclude_classes: Sequence[int] = (),
         spacing: Sequence[float] | None = None,
         hide_label: bool = True,
         unknown_policy: str = "invalidate",
-        valid_key: str = "valid",
-        tags_key: str = "tags",
-        boxes_key: str = "boxes",
-        box_classes_key: str = "box_classes",
-        boxes_exhaustive_key: str = "boxes_exhaustive",
-        points_key: str = "points",
-        point_classes_key: str = "point_classes",
+        valid_key: str = VALID,
+        tags_key: str = TAGS,
+        boxes_key: str = BOXES,
+        box_classes_key: str = BOX_CLASSES,
+        boxes_exhaustive_key: str = BOXES_EXHAUSTIVE,
+        points_key: str = POINTS,
+        point_classes_key: str = POINT_CLASSES,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsp_monai.annotations import ANNOTATION_TYPES, AnnotationBatch, collate_annotations, validate_record
+from dsp_monai.annotations import POSITIVE_TYPES, AnnotationBatch, collate_annotations, validate_record
 
 _SPEC = importlib.util.spec_from_file_location(
     "dsp_reference_for_annotations", Path(__file__).resolve().parents[1] / "losses" / "dsp_reference.py"
@@ -79,7 +79,7 @@ def test_positive_sets_hold_what_the_records_say(seed, spatial, kinds):
         {(image, int(t)) for image, record in enumerate(records) if "tags" in record for t in record["tags"]}
     )
     assert sorted(zip(batch.tag_images.tolist(), batch.tag_classes.tolist())) == expected_tags
-    for index, name in enumerate(ANNOTATION_TYPES):
+    for index, name in enumerate(POSITIVE_TYPES):
         assert batch.counts[index].sum() > 0, name
 
 

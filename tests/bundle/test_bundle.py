@@ -170,7 +170,7 @@ def test_two_process_gloo_training(tiny_datalist, tmp_path):
 @pytest.mark.parametrize(
     "overrides,pattern",
     [
-        ({"datalist": "/nonexistent/datalist.json"}, r"datalist not found: /nonexistent/datalist.json"),
+        ({"datalist": "/nonexistent/datalist.json"}, r"^datalist not found: /nonexistent/datalist.json \(set the"),
         ({"num_classes": "5"}, r"defines 11 classes .* but the configuration's num_classes is 5"),
         ({"experiment#spatial_dims": "3"}, r"is a 2D image of spatial shape \[64, 64\], but the network expects 3D"),
     ],
@@ -182,8 +182,32 @@ def test_bad_configuration_fails_before_training(tiny_datalist, tmp_path, overri
     done = bundle("run", "training", "--config_file", TRAIN, *tiny(tiny_datalist, tmp_path / "bad", **overrides),
                   cwd=tmp_path, check=False)
     assert done.returncode != 0
-    assert re.search(pattern, done.stderr), done.stderr[-3000:]
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert re.search(pattern, last_line), done.stderr[-3000:]
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_every_datalist_problem_is_named_before_training_and_the_last_line_says_it(user_datalist, tmp_path):
+    """A box past the image and a class id out of range: both reported in one run, before any training."""
+    content = json.loads(Path(user_datalist).read_text())
+    content["training"][1]["tags"] = [0, 1, 5]
+    content["training"][2]["boxes"] = [[10, 10, 300, 40]]
+    bad = Path(user_datalist).with_name("bad_datalist.json")
+    bad.write_text(json.dumps(content))
+    done = bundle("run", "training", "--config_file", TRAIN, *tiny(str(bad), tmp_path / "bad", acr=0), cwd=tmp_path,
+                  check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-3] == f"{bad}: 2 problems:"
+    assert lines[-2] == (
+        f"{bad}: section 'training', item 1, key 'tags': entry 2 is class id 5, outside [0, 3) (3 class_names)."
+    )
+    assert lines[-1] == (
+        f"{bad}: section 'training', item 2, key 'boxes': boxes[0] = [10, 10, 300, 40] lies outside the image of shape "
+        "[64, 64] on axis 0; expected [start..., end...] in array order with 0 <= start < end <= size on every axis "
+        f"(end exclusive) (the image {bad.parent / 'images' / 'case2.png'})."
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "bad").exists()
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """ACR scenarios: exact mask counts, balanced weak types, nested masks, sub-volume-disjoint splits, split files."""
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -114,7 +115,23 @@ def test_split_file_round_trip(tmp_path):
     loaded = load_scenario(path)
     assert loaded.to_dict() == scenario.to_dict()
     with open(path) as handle:
-        assert json.load(handle)["format_version"] == 1
+        content = json.load(handle)
+    assert content["format_version"] == 2 and content["class_names"] is None
+    assert content["parameters"] == {"acr": 8.0, "weak_types": ["boxes"], "split_index": 1, "num_splits": 3,
+                                     "seed": 0, "mode": "random", "fractions": [0.6, 0.2, 0.2]}
+    named = dataclasses.replace(scenario, class_names=["background", "cell"], acr=None, mode="sections")
+    assert load_scenario(save_scenario(named, tmp_path / "named.json")) == named
+
+
+def test_older_split_files_are_named_with_what_to_do(tmp_path):
+    (tmp_path / "v1.json").write_text(json.dumps({"format_version": 1, "acr": 8, "training": []}))
+    with pytest.raises(ValueError, match=r"v1.json' is format version 1, not a split file of format version 2\. "
+                                         r"Delete it \(the bundle writes a new one"):
+        load_scenario(tmp_path / "v1.json")
+    (tmp_path / "bundle.json").write_text(json.dumps({"parameters": {"acr": 8}, "training": [], "class_names": []}))
+    with pytest.raises(ValueError, match=r"is an unversioned split file of an earlier bundle, not a split file of "
+                                         r"format version 2"):
+        load_scenario(tmp_path / "bundle.json")
 
 
 def test_scenario_errors_are_clear(tmp_path):
@@ -143,5 +160,5 @@ def test_scenario_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_scenario(tmp_path / "missing.json")
     (tmp_path / "other.json").write_text(json.dumps({"training": []}))
-    with pytest.raises(ValueError, match="is not a split file of format version 1"):
+    with pytest.raises(ValueError, match="format version None, not a split file of format version 2"):
         load_scenario(tmp_path / "other.json")

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import numpy as np
 import torch
 from monai.data import DataLoader, Dataset, MetaTensor
 from monai.transforms import Compose
@@ -67,19 +68,37 @@ def test_geodesic_maps_on_a_two_region_image():
     torch.testing.assert_close(maps[0].double(), chamfer, rtol=1e-6, atol=1e-6)
 
 
-def test_points_from_mask_places_one_point_per_component_inside_it():
+def _brute_force_medoid(pixels):
+    """The pixel with the smallest summed Euclidean distance to the others, float64 over all pairs (first on ties)."""
+    coords = np.asarray(pixels, dtype=np.float64)
+    costs = np.sqrt(((coords[:, None] - coords[None]) ** 2).sum(-1)).sum(1)
+    return [int(v) for v in coords[int(np.flatnonzero(costs <= costs.min() * (1 + 1e-12))[0])]]
+
+
+def test_points_from_mask_places_one_point_per_component_at_its_medoid():
     mask = torch.zeros(12, 14, dtype=torch.int64)
-    mask[1:6, 1:6] = 1  # square: its centre (3, 3) is the most interior pixel
-    mask[8:11, 9:14] = 1  # touches the border: the border counts as outside, interior row 9, first column 10
+    mask[1:6, 1:6] = 1  # square: its centre (3, 3) is the medoid
+    mask[8:11, 9:14] = 1  # 3 x 5 rectangle touching the border: the medoid is its centre (9, 11)
     mask[0:3, 10:13] = 2
-    mask[3, 12] = 2
+    mask[3, 12] = 2  # an appendix below the 3 x 3 square of class 2: its medoid stays at the centre (1, 11)
     points, classes = points_from_mask(mask[None], num_classes=3, classes=[1, 2])
     assert classes.tolist() == [1, 1, 2]
-    assert points.tolist() == [[3.0, 3.0], [9.0, 10.0], [1.0, 11.0]]
-    for (y, x), c in zip(points.long().tolist(), classes.tolist()):
-        assert mask[y, x] == c
+    class2 = (mask == 2).nonzero().tolist()
+    assert points.long().tolist() == [[3, 3], [9, 11], _brute_force_medoid(class2)]
+    assert _brute_force_medoid(class2) == [1, 11]
     points, classes = points_from_mask(mask, num_classes=3)
     assert classes.tolist().count(0) == 1  # the background is one component
+
+
+def test_points_from_mask_and_derived_weak_labels_follow_the_same_rule():
+    rng = np.random.default_rng(4)
+    mask = torch.from_numpy(rng.integers(0, 3, size=(16, 16)))
+    from dsp_monai.transforms.weak_labels import DeriveWeakLabels
+
+    derived = DeriveWeakLabels(types=("points",))(mask[None])
+    points, classes = points_from_mask(mask, num_classes=3)
+    assert points.long().tolist() == derived["points"].tolist()
+    assert classes.tolist() == derived["point_classes"].tolist()
 
 
 def test_dictionary_transform_from_mask_writes_points_and_targets():

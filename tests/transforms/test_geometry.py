@@ -262,3 +262,17 @@ def test_geometry_errors_are_clear():
         AnnotatedSpatialPadd(8, method="reflect")
     with pytest.raises(ValueError, match="empty shape"):
         AnnotatedZoomd(zoom=0.1)({"image": torch.zeros(1, 4, 4)})
+
+
+def test_boxes_and_points_follow_the_one_coordinate_policy():
+    """Whole-number floats (as MONAI produces) move like integers; a fractional coordinate is an error, not rounded
+    (the policy of dsp_monai.annotations.vocabulary, shared with the datalist and the loss's record)."""
+    item = {"image": torch.rand(1, 6, 8), "boxes": torch.tensor([[1.0, 2.0, 3.0, 5.0]]),
+            "box_classes": torch.tensor([1]), "points": torch.tensor([[0.0, 7.0]]), "point_classes": torch.tensor([2])}
+    moved = AnnotatedFlipd(spatial_axes=1)(item)
+    assert moved["boxes"].tolist() == [[1, 3, 3, 6]] and moved["boxes"].dtype == torch.int64
+    assert moved["points"].tolist() == [[0, 0]]
+    with pytest.raises(ValueError, match=r"boxes must hold whole numbers; got 2.5 at index \(0, 1\)"):
+        AnnotatedFlipd(spatial_axes=1)({**item, "boxes": torch.tensor([[1.0, 2.5, 3.0, 5.0]])})
+    with pytest.raises(ValueError, match=r"points must hold whole numbers; got 0.25 at index \(0, 0\)"):
+        AnnotatedFlipd(spatial_axes=1)({**item, "points": torch.tensor([[0.25, 7.0]])})

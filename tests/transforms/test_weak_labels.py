@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
-from dsp_monai.transforms.weak_labels import DeriveWeakLabels, DeriveWeakLabelsd, medoid_index
+from dsp_monai.annotations.from_masks import medoid_index
+from dsp_monai.transforms.weak_labels import DeriveWeakLabels, DeriveWeakLabelsd
 
 
 def brute_force_costs(coords):
