@@ -4,19 +4,24 @@
 - :mod:`dsp_monai.engines.data`: the transform chains of an experiment's items (made by
   :mod:`dsp_monai.data.experiment`);
 - :mod:`dsp_monai.engines.metrics`: per-class Dice (:class:`ClassDice`);
-- :mod:`dsp_monai.engines.handlers`: reproducible epochs, resumable checkpoints, run summary, overlays, EMA update;
+- :mod:`dsp_monai.engines.handlers`: reproducible epochs, validation after the last epoch, a stop on a non-finite loss,
+  run summary, overlays, EMA update;
+- :mod:`dsp_monai.engines.checkpoints`: atomic checkpoints, and a resume that skips a damaged one;
 - :mod:`dsp_monai.engines.evaluation`: test-set reports and inference outputs.
 """
 
 import os
 
+from .checkpoints import CrashSafeCheckpointSaver, ResumeFromCheckpoint
 from .handlers import (
     EMAUpdate,
     EpochSeeder,
+    IntervalValidation,
     PredictionOverlays,
     ProgressBar,
     RandomStates,
     RunSummary,
+    StopOnNonFiniteLoss,
     latest_checkpoint,
 )
 from .metrics import ClassDice
@@ -24,13 +29,17 @@ from .trainer import MethodTrainer
 
 __all__ = [
     "ClassDice",
+    "CrashSafeCheckpointSaver",
     "EMAUpdate",
     "EpochSeeder",
+    "IntervalValidation",
     "MethodTrainer",
     "PredictionOverlays",
     "ProgressBar",
     "RandomStates",
+    "ResumeFromCheckpoint",
     "RunSummary",
+    "StopOnNonFiniteLoss",
     "bundle_root",
     "class_names_of",
     "latest_checkpoint",

@@ -3,28 +3,31 @@ prediction overlays, the progress bar and the EMA teacher's update."""
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
+import math
 import os
 import random
-import re
 import time
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import ValidationHandler
 
+from dsp_monai.engines.checkpoints import saved_checkpoints
 from dsp_monai.engines.metrics import per_class_from_metrics
 
 __all__ = [
     "EMAUpdate",
     "EpochSeeder",
+    "IntervalValidation",
     "PredictionOverlays",
     "ProgressBar",
     "RandomStates",
     "RunSummary",
+    "StopOnNonFiniteLoss",
     "latest_checkpoint",
     "overlay",
 ]
@@ -60,13 +63,10 @@ class RandomStates:
 
 
 def latest_checkpoint(folder: str, pattern: str = "checkpoint_epoch=*.pt") -> str | None:
-    """The checkpoint of the highest epoch in ``folder`` (MONAI CheckpointSaver's names), or None."""
-    found = []
-    for path in glob.glob(os.path.join(folder, pattern)):
-        match = re.search(r"epoch=(\d+)", os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+    """The checkpoint of the highest epoch in ``folder`` (MONAI CheckpointSaver's names), or None (whether it reads
+    back whole is :func:`dsp_monai.engines.checkpoints.checkpoint_problem`'s question)."""
+    found = saved_checkpoints(folder, pattern)
+    return found[0][1] if found else None
 
 
 class EpochSeeder:
@@ -269,3 +269,63 @@ class EMAUpdate:
 
     def __call__(self, engine: Engine) -> None:
         self.teacher.update(self.network if self.network is not None else engine.network)
+
+
+class IntervalValidation(ValidationHandler):
+    """MONAI's epoch-level ValidationHandler that also validates after the last epoch, whatever the interval, so
+    every run ends with a validation (its Dice in ``metrics.json``, the best model saved).
+
+    Args:
+        interval: validate every ``interval`` epochs, and after the last one.
+        validator: the evaluator to run.
+        exec_at_start: also validate before the first epoch.
+    """
+
+    def __init__(self, interval: int, validator=None, exec_at_start: bool = False) -> None:
+        if int(interval) < 1:
+            raise ValueError(f"IntervalValidation: interval must be an int >= 1 (epochs); got {interval!r}")
+        super().__init__(interval=int(interval), validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
+
+
+class StopOnNonFiniteLoss:
+    """Stops training with an error at the first iteration whose loss (or any loss term) is NaN or infinite, before
+    the epoch ends: that epoch is never checkpointed, so the checkpoints of the earlier epochs stay the newest.
+
+    Reads ``engine.state.output[loss_key]`` and the dict ``engine.state.output[terms_key]`` (term name -> scalar).
+
+    Args:
+        loss_key: the output's total loss.
+        terms_key: the output's named loss terms.
+
+    Raises:
+        FloatingPointError: naming the epoch, the iteration, the loss and every non-finite term with its value.
+    """
+
+    def __init__(self, loss_key: str = "loss", terms_key: str = "terms") -> None:
+        self.loss_key, self.terms_key = loss_key, terms_key
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        loss = float(output[self.loss_key])
+        terms = {name: float(value) for name, value in (output.get(self.terms_key) or {}).items()}
+        bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
+        if math.isfinite(loss) and not bad:
+            return
+        named = ", ".join(f"{name} = {value}" for name, value in bad.items()) or "none (only their weighted sum)"
+        raise FloatingPointError(
+            f"training stopped at iteration {engine.state.iteration} (epoch {engine.state.epoch}): the loss is "
+            f"{loss}; non-finite terms: {named}. Nothing of epoch {engine.state.epoch} is saved; the checkpoints of "
+            "the earlier epochs are kept, and running the same command resumes from the newest. Check the inputs "
+            "of this epoch's batches and consider a lower learning_rate."
+        )
