@@ -75,19 +75,20 @@ def possible_sets(record, num_classes: int, spatial: Sequence[int]) -> Dict[Tupl
 
 
 def scores(embeddings: torch.Tensor, prototypes: torch.Tensor, temperature: float):
-    """s[b][c][pixel] = (1/K) sum_k cos(f, P_ck) / tau, one pixel at a time."""
+    """s[b][c][pixel] = (1/K) sum_k cos(f, P_ck) / tau, one pixel at a time; a norm below 1e-12 counts as 1e-12
+    (the operator's normalisation x / max(|x|, 1e-12)), so a zero vector scores 0."""
     batch, classes = embeddings.shape[0], prototypes.shape[0]
     spatial = embeddings.shape[2:]
     out = [[{} for _ in range(classes)] for _ in range(batch)]
     for b in range(batch):
         for pixel in _pixels(spatial):
             f = embeddings[(b, slice(None), *pixel)]
-            f_norm = torch.linalg.vector_norm(f)
+            f_norm = torch.clamp(torch.linalg.vector_norm(f), min=1e-12)
             for c in range(classes):
                 total = 0
                 for k in range(prototypes.shape[1]):
                     p = prototypes[c, k]
-                    total = total + torch.dot(f, p) / (f_norm * torch.linalg.vector_norm(p))
+                    total = total + torch.dot(f, p) / (f_norm * torch.clamp(torch.linalg.vector_norm(p), min=1e-12))
                 out[b][c][pixel] = total / prototypes.shape[1] / temperature
     return out
 

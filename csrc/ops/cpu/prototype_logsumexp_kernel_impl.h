@@ -242,6 +242,45 @@ void impossible_mask(const Scratch<acc_t>& s, int64_t c, int64_t len, acc_t* __r
   for (int64_t j = 0; j < len; ++j) out[j] = ((bits[j] >> c) & 1) ? acc_t(0) : mask[j];
 }
 
+// log Z_c of the classes in `which`, each with its own running maximum and the exponentials in double (no flush to
+// zero): the slow, exact path for classes whose terms all lie far below the largest score. Sequential, so the result
+// does not depend on the number of threads.
+template <typename scalar_t>
+void exact_log_z(const Problem& p, const std::vector<int64_t>& which, double* log_z) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t classes = p.classes, dim = p.dim, n = p.pixels;
+  const Tiling tiling(p.batch, n);
+  constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+  std::vector<double> top(which.size(), kNegInf), sum(which.size(), 0.0);
+  Scratch<acc_t> s(dim, classes);
+  const scalar_t* emb = p.embeddings.data_ptr<scalar_t>();
+  const acc_t* pbar = p.pbar_scaled.data_ptr<acc_t>();
+  for (int64_t t = 0; t < tiling.num_tiles; ++t) {
+    const int64_t b = tiling.image(t), j0 = tiling.start(t), len = tiling.length(t);
+    load_tile<scalar_t, acc_t>(emb + b * dim * n, n, dim, j0, len, s);
+    tile_scores<acc_t>(pbar, classes, dim, len, s);
+    load_masks<acc_t>(p, b, j0, len, s);
+    for (size_t w = 0; w < which.size(); ++w) {
+      const int64_t c = which[w];
+      for (int64_t j = 0; j < len; ++j) {
+        if (s.mask[j] == acc_t(0)) continue;
+        const bool c_possible = (s.bits[j] >> c) & 1;
+        for (int64_t k = 0; k < classes; ++k) {
+          if (k == c && c_possible) continue;
+          const double x = static_cast<double>(s.score[k * kTile + j]);
+          if (x > top[w]) {
+            sum[w] = sum[w] * std::exp(top[w] - x) + 1.0;
+            top[w] = x;
+          } else {
+            sum[w] += std::exp(x - top[w]);
+          }
+        }
+      }
+    }
+  }
+  for (size_t w = 0; w < which.size(); ++w) log_z[which[w]] = sum[w] > 0.0 ? top[w] + std::log(sum[w]) : kNegInf;
+}
+
 template <typename scalar_t>
 void forward(const Problem& p, at::Tensor& logits, at::Tensor& log_z) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -331,6 +370,19 @@ void forward(const Problem& p, at::Tensor& logits, at::Tensor& log_z) {
   at::Tensor result = at::empty({classes}, at::TensorOptions().dtype(at::kDouble));
   double* r = result.data_ptr<double>();
   for (int64_t c = 0; c < classes; ++c) r[c] = total[c] > 0.0 ? shift + std::log(total[c]) : kNegInf;
+  // exp_vec flushes terms more than ~87 (float) below the shared shift to 0: a class that dominates every valid
+  // pixel at a low temperature loses all its Z_c terms (log Z_c = -inf instead of a finite value). Such classes,
+  // recognised by a total too small to be free of flushed terms, are recomputed with their own shift.
+  const double floor_exp = std::is_same<acc_t, float>::value ? std::exp(-87.33654) : std::exp(-708.0);
+  const double suspicious = static_cast<double>(p.batch * n * classes) * floor_exp /
+                            static_cast<double>(std::numeric_limits<acc_t>::epsilon());
+  std::vector<int64_t> redo;
+  if (shift > kNegInf) {
+    for (int64_t c = 0; c < classes; ++c) {
+      if (total[c] < suspicious) redo.push_back(c);
+    }
+  }
+  if (!redo.empty()) exact_log_z<scalar_t>(p, redo, r);
   log_z.copy_(result);
 }
 
