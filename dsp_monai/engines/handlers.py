@@ -317,8 +317,13 @@ class StopOnNonFiniteLoss:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = float(output[self.loss_key])
-        terms = {name: float(value) for name, value in (output.get(self.terms_key) or {}).items()}
+        loss = torch.as_tensor(output[self.loss_key]).detach()
+        names = list(output.get(self.terms_key) or {})
+        # One device-to-host copy for the loss and all its terms.
+        values = torch.stack([loss.to(torch.float64).reshape(()), *[
+            torch.as_tensor(output[self.terms_key][name], device=loss.device).detach().to(torch.float64).reshape(())
+            for name in names]]).tolist()
+        loss, terms = values[0], dict(zip(names, values[1:]))
         bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
         if math.isfinite(loss) and not bad:
             return
