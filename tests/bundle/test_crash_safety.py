@@ -75,17 +75,22 @@ def test_uninterrupted_run_validates_the_last_epoch_and_keeps_two_checkpoints(un
     assert len(best) == 1 and best[0][0] == pytest.approx(summary["best_validation"]["mean"])
 
 
-def _popen(args, cwd, env=None):
-    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _popen(args, cwd, log):
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    with open(log, "w") as handle:
+        return subprocess.Popen(args, cwd=cwd, env=full_env, stdout=handle, stderr=subprocess.STDOUT)
 
 
-def _kill_when(process, condition, timeout=120.0):
+def _wait_for(process, condition, timeout=120.0):
     start = time.monotonic()
     while not condition():
         assert process.poll() is None, "the run ended before the kill point"
         assert time.monotonic() - start < timeout, "kill point not reached"
         time.sleep(0.005)
+
+
+def _kill_when(process, condition):
+    _wait_for(process, condition)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
 
@@ -104,16 +109,17 @@ def test_kill_9_at_several_moments_then_the_same_command_ends_like_an_uninterrup
     assert [p.name for p in checkpoints.glob(".checkpoint_epoch=2.pt.*.tmp")], "no partial checkpoint was left"
 
     # 2. As soon as the checkpoint of epoch 3 exists (the resumed run first redoes epoch 2).
-    process = _popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path)
+    process = _popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, log=tmp_path / "second.log")
     _kill_when(process, lambda: (checkpoints / "checkpoint_epoch=3.pt").exists())
     assert not list(checkpoints.glob(".*.tmp")), "the unfinished checkpoint of the first kill was not cleaned up"
 
-    # 3. At a random moment of the next run (seeded; anywhere from start-up to the end of epoch 4).
-    delay = random.Random(17).uniform(0.5, 8.0)
-    process = _popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path)
-    deadline = time.monotonic() + delay
-    _kill_when(process, lambda: time.monotonic() >= deadline or (out / "metrics.json").exists()
-               and json.loads((out / "metrics.json").read_text() or "{}").get("epochs") == EPOCHS)
+    # 3. At a random moment (seeded) of the last epoch of the next run: training, validation or saving.
+    log = tmp_path / "third.log"
+    process = _popen([sys.executable, "-m", "monai.bundle", *args], cwd=tmp_path, log=log)
+    _wait_for(process, lambda: "Restored all variables from" in log.read_text())
+    time.sleep(random.Random(17).uniform(0.0, 0.5))
+    process.send_signal(signal.SIGKILL)  # (if the run has already ended, the next one only finds it finished)
+    process.wait()
 
     # Then the same command to the end: it resumes from the newest checkpoint (epoch 3 or 4).
     done = bundle(*args, cwd=tmp_path)
