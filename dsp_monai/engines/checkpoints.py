@@ -60,13 +60,28 @@ def checkpoint_problem(path: str) -> str | None:
     return None
 
 
+def _writer_alive(temporary_name: str) -> bool:
+    """Whether the process that named a temporary file ``.<name>.<pid>.<random>.tmp`` still runs on this machine
+    (another run writing to the same folder); False when it is gone or the name holds no process id."""
+    match = re.search(r"\.(\d+)\.[^.]*" + re.escape(TEMPORARY_SUFFIX) + "$", temporary_name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class AtomicDiskSaver(DiskSaver):
     """ignite's DiskSaver writing each checkpoint atomically and durably, and deleting the checkpoints that ignite's
     ``Checkpoint`` retires only once their successor is complete.
 
-    A checkpoint goes to a hidden temporary file in the target folder (``.<name>.<random>.tmp``), is flushed and
-    fsynced, renamed over ``<name>`` and the folder fsynced. Temporary files left by a killed run are deleted when the
-    saver is created.
+    A checkpoint goes to a hidden temporary file in the target folder (``.<name>.<pid>.<random>.tmp``), is flushed
+    and fsynced, renamed over ``<name>`` and the folder fsynced. Temporary files left by a killed run (whose process
+    is gone) are deleted when the saver is created.
 
     Args:
         dirname: the folder of the checkpoints (created when missing).
@@ -82,8 +97,9 @@ class AtomicDiskSaver(DiskSaver):
         self._retired: list[str] = []
         if idist.get_rank() == save_on_rank:
             for leftover in self.dirname.glob(f".*{TEMPORARY_SUFFIX}"):
-                logger.info("removing %s, an unfinished checkpoint of an interrupted run", leftover)
-                leftover.unlink(missing_ok=True)
+                if not _writer_alive(leftover.name):
+                    logger.info("removing %s, an unfinished checkpoint of an interrupted run", leftover)
+                    leftover.unlink(missing_ok=True)
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if idist.get_rank() != self.save_on_rank:
@@ -104,7 +120,8 @@ class AtomicDiskSaver(DiskSaver):
         torch.save(checkpoint, stream, **self.kwargs)
 
     def _write(self, checkpoint: Mapping, path: Path) -> None:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=self.dirname)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX,
+                                             dir=self.dirname)
         try:
             with os.fdopen(handle, "wb") as stream:
                 self._serialize(checkpoint, stream)

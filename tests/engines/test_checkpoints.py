@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import re
 
 import pytest
@@ -53,11 +54,14 @@ def test_atomic_saver_keeps_n_saved_files_and_deletes_a_retired_one_only_after_i
 def test_saver_counts_the_checkpoints_already_on_disk_and_removes_leftover_temporary_files(tmp_path):
     for epoch in (1, 2, 3):
         torch.save({"x": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
-    (tmp_path / ".checkpoint_epoch=4.pt.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".checkpoint_epoch=4.pt.abc123.tmp").write_bytes(b"half")  # no process id: an old leftover
+    (tmp_path / f".model.pt.{os.getpid()}.x1y2.tmp").write_bytes(b"being written")  # a live writer's: kept
     counter = Counter()
     engine = counting_engine(counter)
     saver = CrashSafeCheckpointSaver(str(tmp_path), {"counter": counter, "trainer": engine}, save_interval=1, n_saved=2)
-    assert names(tmp_path) == ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt", "checkpoint_epoch=3.pt"]
+    assert names(tmp_path) == [f".model.pt.{os.getpid()}.x1y2.tmp", "checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt",
+                               "checkpoint_epoch=3.pt"]
+    (tmp_path / f".model.pt.{os.getpid()}.x1y2.tmp").unlink()
     saver.attach(engine)
     engine.state.epoch, engine.state.max_epochs = 3, 4  # as resumed from epoch 3
     engine.run([0], max_epochs=4)
