@@ -145,9 +145,9 @@ class CrashSafeCheckpointSaver(CheckpointSaver):
     one), and a fixed-name file (``key_metric_filename="model.pt"``) is replaced in one step.
 
     The epoch (or iteration) checkpoints already in ``save_dir`` from an earlier run of the same command count towards
-    ``n_saved`` (older ones beyond it go after the next save), so a resumed run keeps the same number of files. With ``save_key_metric``, ``state_dict`` /
-    ``load_state_dict`` carry the best score so far, so that a resumed run replaces the best model only by a better
-    one (put the saver in the trainer's checkpoint).
+    ``n_saved`` (older ones beyond it go after the next save), so a resumed run keeps the same number of files. With
+    ``save_key_metric``, ``state_dict`` / ``load_state_dict`` carry the best score so far, so that a resumed run
+    replaces the best model only by a better one (put the saver in the trainer's checkpoint).
 
     Args:
         save_dir, save_dict, ...: as :class:`monai.handlers.CheckpointSaver`.

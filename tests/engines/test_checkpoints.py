@@ -140,8 +140,9 @@ def test_resume_skips_a_damaged_newest_checkpoint_with_a_warning(tmp_path, caplo
     engine = _resume(tmp_path, counter)
     with caplog.at_level(logging.WARNING, logger="dsp_monai.engines.checkpoints"):
         engine.run([0, 1], max_epochs=3)
-    assert f"checkpoint {newest} is damaged (BadZipFile: File is not a zip file); resuming from an earlier checkpoint " \
-           "instead" in caplog.text
+    expected = (f"checkpoint {newest} is damaged (BadZipFile: File is not a zip file); resuming from an earlier "
+                "checkpoint instead")
+    assert expected in caplog.text
     assert engine.state.epoch == 3 and counter.value == 10 + 4  # from epoch 1's state, two more epochs of 2
 
 
@@ -196,7 +197,8 @@ class RecordingValidation(IntervalValidation):
         self.epochs.append(engine.state.epoch)
 
 
-@pytest.mark.parametrize("interval,max_epochs,expected", [(2, 1, [1]), (2, 5, [2, 4, 5]), (3, 6, [3, 6]), (1, 3, [1, 2, 3])])
+@pytest.mark.parametrize("interval,max_epochs,expected",
+                         [(2, 1, [1]), (2, 5, [2, 4, 5]), (3, 6, [3, 6]), (1, 3, [1, 2, 3])])
 def test_interval_validation_also_runs_after_the_last_epoch(interval, max_epochs, expected):
     engine = counting_engine(Counter())
     validation = RecordingValidation(interval)

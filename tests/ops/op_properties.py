@@ -105,7 +105,8 @@ def logsumexp_inputs(case):
     }[case["valid"]]
     prototype_dtype = dtype if case["prototype_dtype"] == "same" else torch.float32
     embeddings = _layout(embeddings.to(dtype), case["layout"])
-    prototypes = _layout(prototypes.to(prototype_dtype), "transposed" if case["layout"] != "contiguous" else "contiguous")
+    prototype_layout = "contiguous" if case["layout"] == "contiguous" else "transposed"
+    prototypes = _layout(prototypes.to(prototype_dtype), prototype_layout)
     if allowed is not None:
         allowed = _layout(allowed, "strided" if case["layout"] == "strided" else "contiguous")
     return embeddings, prototypes, allowed, valid
