@@ -81,6 +81,13 @@ def check_dsp_loss(case) -> None:
         assert math.isfinite(got) and abs(got - want) <= tol, f"{name}: {got} vs {want} (tol {tol:.3g}) for {case}"
     assert torch.equal(torch.isinf(out["log_z"]), torch.isinf(log_z)), f"log_z -inf pattern differs for {case}"
 
+    # At a zero-norm embedding the gradient is scaled by 1 / 1e-12 (the normalisation's floor), and so are its
+    # rounding errors: those pixels are measured against the bound 4 C / (tau 1e-12) of a term's gradient there (each
+    # class's log Z and positive mean weigh the scores by at most 1 in all, and |d s / d f| <= 2 / (tau |f|)); the
+    # other pixels and the prototypes against the whole gradient.
+    zero = exact_embeddings.detach().norm(dim=1, keepdim=True) == 0
+    bound = 4 * case["classes"] / (tau * 1e-12)
+    tol = 1e-8 if case["dtype"] == "float64" else 1e-4 + 8 * error
     for name in (*TYPES, "total"):
         if not expected[name].requires_grad:
             continue
@@ -91,7 +98,10 @@ def check_dsp_loss(case) -> None:
             g = torch.zeros_like(exact_embeddings if label == "embeddings" else exact_prototypes) if g is None else g
             w = torch.zeros_like(g, dtype=torch.float64) if w is None else w
             assert torch.isfinite(g).all(), f"{name}: {label} gradient not finite for {case}"
-            scale = w.norm().item() + 1e-3 / tau
-            relative = (g.double() - w).norm().item() / scale
-            tol = 1e-8 if case["dtype"] == "float64" else 1e-4 + 8 * error
+            difference = g.double() - w
+            if label == "embeddings":
+                at_zero = (difference * zero).norm(dim=1).max().item() / bound
+                assert at_zero <= tol, f"{name}: gradient at a zero embedding off by {at_zero:.3g} of its bound, {case}"
+                difference, w = difference * ~zero, w * ~zero
+            relative = difference.norm().item() / (w.norm().item() + 1e-3 / tau)
             assert relative <= tol, f"{name}: {label} gradient relative error {relative:.3g} > {tol:.3g} for {case}"
