@@ -299,38 +299,36 @@ class StopOnNonFiniteLoss:
     """Stops training with an error at the first iteration whose loss (or any loss term) is NaN or infinite, before
     the epoch ends: that epoch is never checkpointed, so the checkpoints of the earlier epochs stay the newest.
 
-    Reads ``engine.state.output[loss_key]`` and the dict ``engine.state.output[terms_key]`` (term name -> scalar).
+    Reads ``engine.state.output[loss_key]`` and the dicts ``engine.state.output[terms_key]`` (term name -> value) and
+    ``engine.state.output[parts_key]`` (``<term>_<part>`` -> value, when present).
 
     Args:
         loss_key: the output's total loss.
         terms_key: the output's named loss terms.
+        parts_key: the output's named parts of the terms.
 
     Raises:
-        FloatingPointError: naming the epoch, the iteration, the loss and every non-finite term with its value.
+        FloatingPointError: naming the epoch, the iteration, the loss and every non-finite term and part with its
+            value.
     """
 
-    def __init__(self, loss_key: str = "loss", terms_key: str = "terms") -> None:
-        self.loss_key, self.terms_key = loss_key, terms_key
+    def __init__(self, loss_key: str = "loss", terms_key: str = "terms", parts_key: str = "term_parts") -> None:
+        self.loss_key, self.terms_key, self.parts_key = loss_key, terms_key, parts_key
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = torch.as_tensor(output[self.loss_key]).detach()
-        names = list(output.get(self.terms_key) or {})
-        # One device-to-host copy for the loss and all its terms.
-        values = torch.stack([loss.to(torch.float64).reshape(()), *[
-            torch.as_tensor(output[self.terms_key][name], device=loss.device).detach().to(torch.float64).reshape(())
-            for name in names]]).tolist()
-        loss, terms = values[0], dict(zip(names, values[1:]))
-        bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
+        loss = float(output[self.loss_key])
+        named = {**(output.get(self.terms_key) or {}), **(output.get(self.parts_key) or {})}
+        bad = {name: float(value) for name, value in named.items() if not math.isfinite(float(value))}
         if math.isfinite(loss) and not bad:
             return
-        named = ", ".join(f"{name} = {value}" for name, value in bad.items()) or "none (only their weighted sum)"
+        listed = ", ".join(f"{name} = {value}" for name, value in bad.items()) or "none (only their weighted sum)"
         raise FloatingPointError(
             f"training stopped at iteration {engine.state.iteration} (epoch {engine.state.epoch}): the loss is "
-            f"{loss}; non-finite terms: {named}. Nothing of epoch {engine.state.epoch} is saved; the checkpoints of "
+            f"{loss}; non-finite terms: {listed}. Nothing of epoch {engine.state.epoch} is saved; the checkpoints of "
             "the earlier epochs are kept, and running the same command resumes from the newest. Check the inputs "
             "of this epoch's batches and consider a lower learning_rate."
         )

@@ -1,6 +1,6 @@
 """Faults for the crash-safety tests of the bundle, injected from outside the library.
 
-- :class:`DSPLossWithNaN`: a DSPLoss whose box term turns NaN from a given call on (a config override
+- :class:`DSPLossWithNaN`: a DSPLoss whose box part turns NaN from a given call on (a config override
   ``--dsp_loss#_target_ fault_injection.DSPLossWithNaN --dsp_loss#nan_from_call N``).
 - ``python fault_injection.py EPOCH <monai.bundle arguments>``: runs ``python -m monai.bundle <arguments>`` and
   kills itself with SIGKILL while writing the checkpoint of epoch EPOCH, once half of its bytes are in the
@@ -20,14 +20,14 @@ from dsp_monai.losses import DSPLoss
 
 
 class DSPLossWithNaN(DSPLoss):
-    """DSPLoss whose ``box`` term (and so ``total``) is NaN from its ``nan_from_call``-th call on."""
+    """DSPLoss whose ``box`` part (and so ``total``) is NaN from its ``nan_from_call``-th call on."""
 
     def __init__(self, nan_from_call: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.nan_from_call, self.calls = int(nan_from_call), 0
 
-    def forward(self, *args, **kwargs):
-        out = super().forward(*args, **kwargs)
+    def from_scores(self, *args, **kwargs):
+        out = super().from_scores(*args, **kwargs)
         self.calls += 1
         if self.calls < self.nan_from_call:
             return out
