@@ -24,6 +24,7 @@ from .dsp import (
     prototype_scores,
 )
 from .point_distance import PointDistanceLoss, point_distance_targets
+from .online_pseudo_label import OnlinePseudoLabelCrossEntropy
 from .pseudo_labels import PseudoLabelFilter, filter_pseudo_labels
 from .terms import (
     VIEWS,
@@ -44,6 +45,7 @@ __all__ = [
     "LinearWarmup",
     "LossTerm",
     "MaskCrossEntropy",
+    "OnlinePseudoLabelCrossEntropy",
     "PointDistanceLoss",
     "PseudoLabelCrossEntropy",
     "PseudoLabelFilter",

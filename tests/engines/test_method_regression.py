@@ -23,11 +23,20 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "method_loss_terms.json"
 ITERATIONS = 3
 
+# The bundle's default network (train.yaml's network_def), for cases pinned with it under a method file that names
+# another network.
+DSP_NETWORK = {"_target_": "dsp_monai.networks.DSPBasicUNet", "spatial_dims": 2, "in_channels": 1,
+               "num_classes": "@num_classes", "features": "$@size['features']",
+               "embedding_dim": "$@size['embedding_dim']", "num_prototypes": "@num_prototypes",
+               "temperature": "@temperature"}
+
 # case -> (method config file or None for the bundle defaults, extra overrides)
 CASES = {
     "dsp": (None, {}),
     "dsp_method_file": ("dsp", {}),
-    "fixmatch_plf": ("fixmatch_plf", {}),
+    # recorded when fixmatch_plf used the DSP network; the method file now names the plain BasicUNet (as unet and
+    # fixmatch), so this case keeps the configuration it pinned by naming the DSP network explicitly:
+    "fixmatch_plf": ("fixmatch_plf", {"network_def": DSP_NETWORK}),
     "unet": ("unet", {}),
     "dsp_ema_teacher": ("dsp", {"pseudo_label_source": "ema", "ema_decay": 0.5}),
     "dsp_weak_view_only": ("dsp", {"loss_terms#dsp_strong#weight": 0.0}),
