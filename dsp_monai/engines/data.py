@@ -169,6 +169,10 @@ def prepare_experiment(
         )
         parts = {"training": scenario.training, "validation": scenario.validation, "test": scenario.test}
     if training_types is not None:
+        unused = sorted({str(i.get("annotation_type")) for i in parts["training"]} - set(training_types))
+        if unused:
+            logger.info("training_types %s: this method does not use the training items of types %s; they are left "
+                        "out", list(training_types), unused)
         parts["training"] = [i for i in parts["training"] if i.get("annotation_type") in set(training_types)]
     _check_num_classes(datalist, class_names, num_classes)
     for part, part_items in parts.items():

@@ -26,6 +26,7 @@ from .dsp import (
 from .point_distance import PointDistanceLoss, point_distance_targets
 from .online_pseudo_label import OnlinePseudoLabelCrossEntropy
 from .pseudo_labels import PseudoLabelFilter, filter_pseudo_labels
+from .tag_classification import TagBinaryCrossEntropy, tag_targets
 from .terms import (
     VIEWS,
     BatchContext,
@@ -49,6 +50,7 @@ __all__ = [
     "PointDistanceLoss",
     "PseudoLabelCrossEntropy",
     "PseudoLabelFilter",
+    "TagBinaryCrossEntropy",
     "build_loss_terms",
     "dsp_loss",
     "dsp_loss_from_scores",
@@ -60,4 +62,5 @@ __all__ = [
     "prototype_scores",
     "required_outputs",
     "required_views",
+    "tag_targets",
 ]
