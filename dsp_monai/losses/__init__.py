@@ -13,6 +13,7 @@ Losses never read files: they take tensors and annotation records (or a collated
 :class:`~dsp_monai.annotations.AnnotationBatch`).
 """
 
+from .box_projection import BoxPairwiseLoss, BoxProjectionLoss, box_masks, neighbour_weights
 from .cross_entropy import MaskCrossEntropy, PseudoLabelCrossEntropy
 from .dsp import (
     DSPLoss,
@@ -41,6 +42,8 @@ from .terms import (
 __all__ = [
     "VIEWS",
     "BatchContext",
+    "BoxPairwiseLoss",
+    "BoxProjectionLoss",
     "DSPLoss",
     "DSPTerm",
     "LinearWarmup",
@@ -51,11 +54,13 @@ __all__ = [
     "PseudoLabelCrossEntropy",
     "PseudoLabelFilter",
     "TagBinaryCrossEntropy",
+    "box_masks",
     "build_loss_terms",
     "dsp_loss",
     "dsp_loss_from_scores",
     "filter_pseudo_labels",
     "loss_weights",
+    "neighbour_weights",
     "point_distance_targets",
     "positive_sums",
     "prepare_annotations",
