@@ -14,6 +14,7 @@ Losses never read files: they take tensors and annotation records (or a collated
 """
 
 from .box_projection import BoxPairwiseLoss, BoxProjectionLoss, box_masks, neighbour_weights
+from .con2r import Con2RLoss, con2r_graph_loss, con2r_target_graph
 from .cross_entropy import MaskCrossEntropy, PseudoLabelCrossEntropy
 from .dsp import (
     DSPLoss,
@@ -44,6 +45,7 @@ __all__ = [
     "BatchContext",
     "BoxPairwiseLoss",
     "BoxProjectionLoss",
+    "Con2RLoss",
     "DSPLoss",
     "DSPTerm",
     "LinearWarmup",
@@ -56,6 +58,8 @@ __all__ = [
     "TagBinaryCrossEntropy",
     "box_masks",
     "build_loss_terms",
+    "con2r_graph_loss",
+    "con2r_target_graph",
     "dsp_loss",
     "dsp_loss_from_scores",
     "filter_pseudo_labels",
