@@ -3,7 +3,7 @@ DSP variants, and the point branches), built through the bundle's config files, 
 ``fixtures/method_loss_terms.json`` (to 1e-6).
 
 The fixture of dsp, fixmatch_plf and unet was recorded before the trainer became a list of named loss terms, so it
-pins that refactor; the point branches' entries were recorded when they were added. Record it
+pins that refactor; the point branches' and the baselines' entries were recorded when they were added. Record it
 again only on purpose (a method's numbers are meant to change): ``DSP_RECORD_FIXTURE=1 python -m pytest
 tests/engines/test_method_regression.py``.
 """
@@ -43,7 +43,16 @@ CASES = {
     # recorded when the point branches were added (masks + points):
     "euclidean_branch": ("euclidean_branch", {"weak_types": ["points"]}),
     "geodesic_branch": ("geodesic_branch", {"weak_types": ["points"]}),
+    # recorded when the baselines were added (each with the weak type of its row of the paper's comparison):
+    "pseudo_label": ("pseudo_label", {}),
+    "pseudo_label_plf": ("pseudo_label_plf", {"weak_types": ["boxes"]}),
+    "fixmatch": ("fixmatch", {"weak_types": []}),
+    "fixmatch_plf_basic_unet": ("fixmatch_plf", {}),
+    "cls_branch": ("cls_branch", {"weak_types": ["tags"]}),
+    "box_projection": ("box_projection", {"weak_types": ["boxes"]}),
+    "con2r": ("con2r", {}),
 }
+BASELINE_TERMS = ("pseudo_label", "fixmatch", "tags", "box_projection", "box_pairwise", "con2r")
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +108,7 @@ def comparable(record: dict) -> dict:
         out.update({f"dsp_{kind}": record[f"dsp_weak_{kind}"] for kind in ("mask", "box", "point", "image")})
     if "point_distance" in record:
         out["point_distance"] = record["point_distance"]
+    out.update({name: record[name] for name in BASELINE_TERMS if name in record})
     return out
 
 
