@@ -111,7 +111,7 @@ def test_term_on_a_batch_with_fixed_samples_and_a_detached_target():
         flat = embeddings[b].reshape(6, -1).detach()
         expected += _loss_reference([flat[:, p].tolist() for p in q], [flat[:, p].tolist() for p in n], target,
                                     0.7) / 2
-    assert float(value) == pytest.approx(expected, rel=1e-5)
+    assert float(value.detach()) == pytest.approx(expected, rel=1e-5)
     value.backward()
     assert logits.grad is None and embeddings.grad is not None and bool(embeddings.grad.abs().sum() > 0)
 
