@@ -45,7 +45,9 @@ import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 METHOD_LABELS = {"unet": "U-Net (masks only)", "fixmatch_plf": "FixMatch + PLF", "dsp": "DSP",
-                 "euclidean_branch": "Euclidean point branch", "geodesic_branch": "Geodesic point branch"}
+                 "euclidean_branch": "Euclidean point branch", "geodesic_branch": "Geodesic point branch",
+                 "pseudo_label": "Pseudo-label", "pseudo_label_plf": "Pseudo-label + PLF", "fixmatch": "FixMatch",
+                 "cls_branch": "Classification branch", "box_projection": "Box projection", "con2r": "Con2R"}
 METHOD_ORDER = ("unet", "fixmatch_plf", "dsp")
 CPU_PROFILE = "configs/sweeps/cpu_study.yaml"
 

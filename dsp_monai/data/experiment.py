@@ -339,6 +339,10 @@ def _new_scenario(validated, request, acr, weak_types, split_index, num_splits, 
         )
     if training_types is not None:
         kept = set(training_types)
+        unused = sorted({str(item.get(ANNOTATION_TYPE)) for item in scenario.training} - kept)
+        if unused:
+            logger.info("training_types %s: this method does not use the training items of types %s; they are left "
+                        "out", list(training_types), unused)
         training = [item for item in scenario.training if item.get(ANNOTATION_TYPE) in kept]
         scenario = dataclasses.replace(scenario, training=training)
     for part in PARTS:

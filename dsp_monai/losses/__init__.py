@@ -13,6 +13,8 @@ Losses never read files: they take tensors and annotation records (or a collated
 :class:`~dsp_monai.annotations.AnnotationBatch`).
 """
 
+from .box_projection import BoxPairwiseLoss, BoxProjectionLoss, box_masks, neighbour_weights
+from .con2r import Con2RLoss, con2r_graph_loss, con2r_target_graph
 from .cross_entropy import MaskCrossEntropy, PseudoLabelCrossEntropy
 from .dsp import (
     DSPLoss,
@@ -24,7 +26,9 @@ from .dsp import (
     prototype_scores,
 )
 from .point_distance import PointDistanceLoss, point_distance_targets
+from .online_pseudo_label import OnlinePseudoLabelCrossEntropy
 from .pseudo_labels import PseudoLabelFilter, filter_pseudo_labels
+from .tag_classification import TagBinaryCrossEntropy, tag_targets
 from .terms import (
     VIEWS,
     BatchContext,
@@ -39,23 +43,33 @@ from .terms import (
 __all__ = [
     "VIEWS",
     "BatchContext",
+    "BoxPairwiseLoss",
+    "BoxProjectionLoss",
+    "Con2RLoss",
     "DSPLoss",
     "DSPTerm",
     "LinearWarmup",
     "LossTerm",
     "MaskCrossEntropy",
+    "OnlinePseudoLabelCrossEntropy",
     "PointDistanceLoss",
     "PseudoLabelCrossEntropy",
     "PseudoLabelFilter",
+    "TagBinaryCrossEntropy",
+    "box_masks",
     "build_loss_terms",
+    "con2r_graph_loss",
+    "con2r_target_graph",
     "dsp_loss",
     "dsp_loss_from_scores",
     "filter_pseudo_labels",
     "loss_weights",
+    "neighbour_weights",
     "point_distance_targets",
     "positive_sums",
     "prepare_annotations",
     "prototype_scores",
     "required_outputs",
     "required_views",
+    "tag_targets",
 ]

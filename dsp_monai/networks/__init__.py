@@ -6,13 +6,15 @@ auxiliary heads of the point-distance branches and the EMA teacher (docs/methods
   (``embeddings``, ``logits``) for the loss terms.
 - :class:`DSPBasicUNet`: MONAI's BasicUNet + a DSPHead, the paper's network.
 - :class:`AuxiliaryHeadUNet`: MONAI's BasicUNet with auxiliary 1x1-conv heads on its decoder.
+- :class:`ClassificationBranchUNet`: MONAI's BasicUNet with an image-level tag branch on its bottleneck.
 - :class:`EMATeacher` / :func:`ema_teacher`: the exponential-moving-average teacher of the pseudo-labels.
 
 Networks with named outputs take ``forward(images, outputs=names)`` and list the names in ``output_names``.
 """
 
 from .auxiliary import AuxiliaryHeadUNet
+from .classification import ClassificationBranchUNet
 from .dsp import DSPBasicUNet, DSPHead, DSPNet
 from .ema import EMATeacher, ema_teacher
 
-__all__ = ["AuxiliaryHeadUNet", "DSPBasicUNet", "DSPHead", "DSPNet", "EMATeacher", "ema_teacher"]
+__all__ = ["AuxiliaryHeadUNet", "ClassificationBranchUNet", "DSPBasicUNet", "DSPHead", "DSPNet", "EMATeacher", "ema_teacher"]

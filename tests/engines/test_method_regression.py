@@ -3,7 +3,7 @@ DSP variants, and the point branches), built through the bundle's config files, 
 ``fixtures/method_loss_terms.json`` (to 1e-6).
 
 The fixture of dsp, fixmatch_plf and unet was recorded before the trainer became a list of named loss terms, so it
-pins that refactor; the point branches' entries were recorded when they were added. Record it
+pins that refactor; the point branches' and the baselines' entries were recorded when they were added. Record it
 again only on purpose (a method's numbers are meant to change): ``DSP_RECORD_FIXTURE=1 python -m pytest
 tests/engines/test_method_regression.py``.
 """
@@ -23,18 +23,36 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "method_loss_terms.json"
 ITERATIONS = 3
 
+# The bundle's default network (train.yaml's network_def), for cases pinned with it under a method file that names
+# another network.
+DSP_NETWORK = {"_target_": "dsp_monai.networks.DSPBasicUNet", "spatial_dims": 2, "in_channels": 1,
+               "num_classes": "@num_classes", "features": "$@size['features']",
+               "embedding_dim": "$@size['embedding_dim']", "num_prototypes": "@num_prototypes",
+               "temperature": "@temperature"}
+
 # case -> (method config file or None for the bundle defaults, extra overrides)
 CASES = {
     "dsp": (None, {}),
     "dsp_method_file": ("dsp", {}),
-    "fixmatch_plf": ("fixmatch_plf", {}),
+    # recorded when fixmatch_plf used the DSP network; the method file now names the plain BasicUNet (as unet and
+    # fixmatch), so this case keeps the configuration it pinned by naming the DSP network explicitly:
+    "fixmatch_plf": ("fixmatch_plf", {"network_def": DSP_NETWORK}),
     "unet": ("unet", {}),
     "dsp_ema_teacher": ("dsp", {"pseudo_label_source": "ema", "ema_decay": 0.5}),
     "dsp_weak_view_only": ("dsp", {"loss_terms#dsp_strong#weight": 0.0}),
     # recorded when the point branches were added (masks + points):
     "euclidean_branch": ("euclidean_branch", {"weak_types": ["points"]}),
     "geodesic_branch": ("geodesic_branch", {"weak_types": ["points"]}),
+    # recorded when the baselines were added (each with the weak type of its row of the paper's comparison):
+    "pseudo_label": ("pseudo_label", {}),
+    "pseudo_label_plf": ("pseudo_label_plf", {"weak_types": ["boxes"]}),
+    "fixmatch": ("fixmatch", {"weak_types": []}),
+    "fixmatch_plf_basic_unet": ("fixmatch_plf", {}),
+    "cls_branch": ("cls_branch", {"weak_types": ["tags"]}),
+    "box_projection": ("box_projection", {"weak_types": ["boxes"]}),
+    "con2r": ("con2r", {}),
 }
+BASELINE_TERMS = ("pseudo_label", "fixmatch", "tags", "box_projection", "box_pairwise", "con2r")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +108,7 @@ def comparable(record: dict) -> dict:
         out.update({f"dsp_{kind}": record[f"dsp_weak_{kind}"] for kind in ("mask", "box", "point", "image")})
     if "point_distance" in record:
         out["point_distance"] = record["point_distance"]
+    out.update({name: record[name] for name in BASELINE_TERMS if name in record})
     return out
 
 

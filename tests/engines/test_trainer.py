@@ -160,7 +160,8 @@ def test_the_bundle_defaults_are_the_dsp_method_file():
 @pytest.mark.parametrize("method_file", METHODS, ids=[m.stem for m in METHODS])
 def test_method_files_build_only_the_views_their_terms_read(method_file):
     parser = method_parser(method_file)
-    expected = {"dsp": ("weak", "strong"), "fixmatch_plf": ("weak", "strong")}.get(method_file.stem, ("weak",))
+    expected = {"dsp": ("weak", "strong"), "fixmatch_plf": ("weak", "strong"), "fixmatch": ("weak", "strong")}.get(
+        method_file.stem, ("weak",))
     assert required_views(parser.get_parsed_content("loss_terms")) == expected
     assert parser.get_parsed_content("strong_view") is ("strong" in expected)
     assert parser.get_parsed_content("method") == method_file.stem

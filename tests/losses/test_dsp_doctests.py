@@ -9,6 +9,7 @@ MODULES = [
     "dsp_monai.annotations.collate",
     "dsp_monai.losses.dsp",
     "dsp_monai.losses.pseudo_labels",
+    "dsp_monai.networks.classification",
     "dsp_monai.networks.dsp",
 ]
 
