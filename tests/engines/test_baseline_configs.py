@@ -27,7 +27,8 @@ def test_dsp_keeps_its_network():
 
 
 def test_fixmatch_strong_view_has_nine_cutouts_of_32_pixels_at_probability_one_half():
-    parser = method_parser(METHODS / "fixmatch.yaml")
+    # A fixed intensity range, so that the chain is built without preparing the experiment on the default data.
+    parser = method_parser(METHODS / "fixmatch.yaml", **{"train#preprocessing#intensity_range": [0.0, 255.0]})
     chain = parser.get_parsed_content("train#preprocessing").transforms
     views = [t for t in chain if isinstance(t, WeakStrongViewsd)]
     assert len(views) == 1
