@@ -228,9 +228,40 @@ def test_sequence(server):
     assert model.read_bytes() != before
     assert client.get("/info/").json()["train_stats"]["dsp"]["training_items"] == {"mask": 1, "tags": 1, "points": 1}
 
-    # infer again: the server reads the new model
+    # infer again: the server reads the new model (whose mask differs from the seed model's)
+    retrained = reference_mask(model, image_a)
+    assert not np.array_equal(retrained, expected)
     label = decode(infer(client, "cells_a"))
-    assert np.mean(label == reference_mask(model, image_a)) > 0.999
+    assert np.mean(label == retrained) > 0.999
+
+
+def test_nifti_and_tiff_images(server, tmp_path):
+    """A 2D NIfTI image gets a NIfTI label with its affine, a TIFF image a PNG label; both in array order."""
+    import nibabel as nib
+    import tifffile
+
+    client, app_dir, _, _ = server
+    image, _ = scene(3)
+    expected = reference_mask(app_dir / "model" / "model.pt", image)
+    affine = np.diag([0.5, 0.25, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(image, affine), tmp_path / "slice.nii.gz")
+    response = upload(client, "slice_nii", (tmp_path / "slice.nii.gz").read_bytes(), "slice_nii.nii.gz")
+    assert response.status_code == 200, response.text
+    response = infer(client, "slice_nii")
+    assert response.status_code == 200, response.text
+    (tmp_path / "label.nii.gz").write_bytes(response.content)
+    label = nib.load(tmp_path / "label.nii.gz")
+    assert label.shape == (ROWS, COLS) and label.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(label.affine, affine)
+    assert np.mean(np.asarray(label.dataobj) == expected) > 0.999
+
+    tifffile.imwrite(tmp_path / "slice.tif", image)
+    response = upload(client, "slice_tif", (tmp_path / "slice.tif").read_bytes(), "slice_tif.tif")
+    assert response.status_code == 200, response.text
+    response = infer(client, "slice_tif")
+    assert response.headers["content-type"] == "image/png"
+    label = decode(response)
+    assert label.shape == (ROWS, COLS) and np.mean(label == expected) > 0.999
 
 
 def test_bad_requests(server):
