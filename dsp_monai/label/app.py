@@ -18,7 +18,7 @@ from monailabel.tasks.activelearning.random import Random
 import dsp_monai
 from dsp_monai.label.annotations import INFO_KEY, add_points
 from dsp_monai.label.datastore import DSPDatastore
-from dsp_monai.label.infer import DSPInferTask, _flag
+from dsp_monai.label.infer import DSPInferTask, is_true
 from dsp_monai.label.settings import AppSettings
 from dsp_monai.label.train import DSPTrainTask
 
@@ -83,7 +83,7 @@ class DSPLabelApp(MONAILabelApp):
         uploaded = isinstance(image_id, str) and os.path.exists(image_id)
         if not uploaded and not datastore.get_image_uri(image_id):
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-        keep = _flag(request.get("keep_clicks"))
+        keep = is_true(request.get("keep_clicks"))
         if keep and uploaded:
             raise HTTPException(status_code=400, detail="request field 'keep_clicks': only clicks on datastore images "
                                                         "can be kept (give ?image=ID)")

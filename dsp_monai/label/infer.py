@@ -35,12 +35,13 @@ from dsp_monai.label.images import ImageFormatError, load_image, mask_suffix, wr
 from dsp_monai.label.refine import backbone_features, refine_head
 from dsp_monai.label.settings import AppSettings
 
-__all__ = ["DSPInferTask", "request_clicks"]
+__all__ = ["DSPInferTask", "is_true", "request_clicks"]
 
 logger = logging.getLogger(__name__)
 
 
-def _flag(value: Any) -> bool:
+def is_true(value: Any) -> bool:
+    """A request flag: true, 1, "true", "yes", "on" (any case) are true."""
     if isinstance(value, str):
         return value.strip().lower() in ("1", "true", "yes", "on")
     return bool(value)
@@ -118,7 +119,7 @@ class DSPInferTask(BasicInferTask):
                                              shape)
         except AnnotationInfoError as error:
             raise HTTPException(status_code=400, detail=str(error)) from error
-        refine = _flag(req.get("refine"))
+        refine = is_true(req.get("refine"))
         if refine and not points:
             raise HTTPException(status_code=400, detail="request field 'refine': needs 'foreground' or 'background' "
                                                         "clicks")

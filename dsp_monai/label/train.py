@@ -42,11 +42,12 @@ class DSPTrainTask(TrainTask):
     def __init__(self, settings: AppSettings) -> None:
         super().__init__("DSP training from the datastore's final masks, tags, boxes and points")
         self.settings = settings
+        configured = settings.values["max_epochs"]
+        self.max_epochs = int(configured) if configured else int(settings.bundle().get("max_epochs"))
 
     def config(self) -> dict[str, Any]:
-        max_epochs = self.settings.values["max_epochs"]
         return {
-            "max_epochs": int(max_epochs) if max_epochs else self.settings.bundle().get("max_epochs"),
+            "max_epochs": self.max_epochs,
             "val_split": self.settings.number("val_split"),
             "pretrained": True,
             "overrides": {},
@@ -73,10 +74,8 @@ class DSPTrainTask(TrainTask):
             "class_names": list(settings.class_names),
             **settings.overrides,
         }
-        if request.get("max_epochs") not in (None, ""):
-            overrides["max_epochs"] = int(request["max_epochs"])
-        elif settings.values["max_epochs"]:
-            overrides["max_epochs"] = int(settings.values["max_epochs"])
+        overrides["max_epochs"] = int(request["max_epochs"]) if request.get("max_epochs") not in (None, "") else \
+            self.max_epochs
         if request.get("pretrained", True) and os.path.isfile(settings.model_path):
             view = settings.bundle()
             handlers = list(view.parser.get("train#handlers"))

@@ -46,6 +46,7 @@ OVERRIDES = {
 }
 CONF = {"labels": ",".join(CLASSES), "overrides": json.dumps(OVERRIDES)}
 START_TIMEOUT = 60
+BUNDLE_DATA_EXISTED = (ROOT / "bundle" / "data").exists()
 TRAIN_TIMEOUT = 300
 
 
@@ -226,6 +227,8 @@ def test_sequence(server):
     assert datalist["validation"][0]["label"].endswith(os.path.join("labels", "final", "cells_a.png"))
     model = app_dir / "model" / "model.pt"
     assert model.read_bytes() != before
+    assert not list(Path(stats["run_dir"]).glob("synthetic*")), "training generated synthetic data"
+    assert (ROOT / "bundle" / "data").exists() == BUNDLE_DATA_EXISTED, "the server generated synthetic data"
     assert client.get("/info/").json()["train_stats"]["dsp"]["training_items"] == {"mask": 1, "tags": 1, "points": 1}
 
     # infer again: the server reads the new model (whose mask differs from the seed model's)
@@ -264,7 +267,7 @@ def test_nifti_and_tiff_images(server, tmp_path):
     assert label.shape == (ROWS, COLS) and np.mean(label == expected) > 0.999
 
 
-def test_bad_requests(server):
+def test_bad_requests(server, tmp_path):
     client, _, _, _ = server
     image, mask = scene(7)
     assert upload(client, "bad_base", png_bytes(image), "bad_base.png").status_code == 200
@@ -278,6 +281,11 @@ def test_bad_requests(server):
     assert response.status_code == 415 and "cannot be read as an image" in response.json()["detail"]
     response = upload(client, "rgb", png_bytes(np.zeros((20, 30, 3), np.uint8)), "rgb.png")
     assert response.status_code == 400 and "single-channel 2D" in response.json()["detail"]
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((10, 12, 4), np.uint8), np.eye(4)), tmp_path / "volume.nii.gz")
+    response = upload(client, "volume", (tmp_path / "volume.nii.gz").read_bytes(), "volume.nii.gz")
+    assert response.status_code == 400 and "shape [10, 12, 4] (3 axes)" in response.json()["detail"]
     response = upload(client, "table", b"a,b\n1,2\n", "table.csv")
     assert response.status_code == 415 and "unsupported file type '.csv'" in response.json()["detail"]
 
