@@ -123,6 +123,12 @@ class DSPInferTask(BasicInferTask):
         if refine and not points:
             raise HTTPException(status_code=400, detail="request field 'refine': needs 'foreground' or 'background' "
                                                         "clicks")
+        try:
+            steps, learning_rate, time_limit = (int(req["refine_steps"]), float(req["refine_learning_rate"]),
+                                                float(req["refine_time_limit"]))
+        except (TypeError, ValueError) as error:
+            raise HTTPException(status_code=400, detail=f"request fields 'refine_steps' (integer), "
+                                f"'refine_learning_rate', 'refine_time_limit' (numbers): {error}") from error
         network = self._get_network(device, req)
         batch = image.as_tensor()[None].to(device) if hasattr(image, "as_tensor") else image[None].to(device)
         inferer = self.bundle.inferer()
@@ -132,9 +138,8 @@ class DSPInferTask(BasicInferTask):
                 features = backbone_features(network, batch, inferer)
                 with torch.enable_grad():
                     logits, info = refine_head(
-                        network, features, points, classes, self.bundle.dsp_loss(),
-                        steps=int(req["refine_steps"]), learning_rate=float(req["refine_learning_rate"]),
-                        time_limit=float(req["refine_time_limit"]),
+                        network, features, points, classes, self.bundle.dsp_loss(), steps=steps,
+                        learning_rate=learning_rate, time_limit=time_limit,
                     )
                 result["refine"] = info
             else:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
 monailabel = pytest.importorskip(
     "monailabel", reason="MONAI Label is an optional extra: install it with `make label` to run the app's tests"
 )
@@ -308,6 +309,8 @@ def test_bad_requests(server, tmp_path):
     assert response.status_code == 400 and "'foreground'" in response.json()["detail"]
     response = infer(client, "bad_base", {"foreground": [[3, 4]]})
     assert response.status_code == 400 and "'label'" in response.json()["detail"]
+    response = infer(client, "bad_base", {"foreground": [[3, 4]], "label": 1, "refine": True, "refine_steps": "many"})
+    assert response.status_code == 400 and "'refine_steps' (integer)" in response.json()["detail"]
     response = client.post("/infer/dsp", params={"image": "bad_base"}, data={"params": "{not json"})
     assert response.status_code == 400 and "malformed JSON" in response.json()["detail"]
 
