@@ -6,7 +6,7 @@ bundle's CPU sizes; skipped when ``WORKDIR/models/model.pt`` exists or ``--check
 test image of its split: the prediction of the trained network; in each round, one click per class present in the
 image's mask, at the medoid of the largest connected region of that class that the current prediction misses; the
 head is refined from the trained network with every click so far (dsp_monai.label.refine, with the app's default
-steps, step size and time limit), and the refined prediction is the next round's. Dice per class over the annotated
+steps, step size, time limit and anchor), and the refined prediction is the next round's. Dice per class over the annotated
 pixels, averaged over the classes present, then over images. The medoid minimises the summed distance to the
 region's pixels over at most ``MEDOID_CANDIDATES`` candidate pixels (all pixels of smaller regions).
 
@@ -37,7 +37,7 @@ from scipy.spatial.distance import cdist
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from dsp_monai.label.refine import backbone_features, refine_head  # noqa: E402
+from dsp_monai.label.refine import anchor_mask, backbone_features, refine_head  # noqa: E402
 from dsp_monai.label.settings import DEFAULT_CONF, BundleView  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     preprocessing, inferer, loss = view.preprocessing(), view.inferer(), view.dsp_loss()
     steps, lr, limit = (int(DEFAULT_CONF["refine_steps"]), float(DEFAULT_CONF["refine_learning_rate"]),
                         float(DEFAULT_CONF["refine_time_limit"]))
+    radius, confidence = float(DEFAULT_CONF["refine_radius"]), float(DEFAULT_CONF["refine_confidence"])
     rng = np.random.default_rng(0)
 
     dice = {0: [], **{r: [] for r in ROUNDS}}
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
         mask = sample["label"].as_tensor()[0].numpy().astype(np.int64)
         shape = list(mask.shape)
         features = backbone_features(network, image, inferer)
-        prediction = network.head(features)[0].argmax(0).numpy()
+        base = network.head(features)
+        prediction = base[0].argmax(0).numpy()
         dice[0].append(mean_dice(prediction, mask, len(class_names)))
         points, classes = [], []
         for round_index in range(1, max(ROUNDS) + 1):
@@ -139,8 +141,10 @@ def main(argv=None) -> int:
                 points.append(point)
                 classes.append(cls)
             if points:
+                anchor = anchor_mask(base, points, radius, confidence)
                 with torch.enable_grad():
-                    logits, info = refine_head(network, features, points, classes, loss, steps, lr, limit)
+                    logits, info = refine_head(network, features, points, classes, loss, steps, lr, limit,
+                                               anchor=anchor)
                 prediction = logits[0].argmax(0).numpy()
                 seconds.append(info["seconds"])
                 taken.append(info["steps"])
@@ -153,13 +157,14 @@ def main(argv=None) -> int:
     big = F.interpolate(sample["image"].as_tensor()[None], scale_factor=2, mode="bilinear")
     big_mask = np.kron(sample["label"].as_tensor()[0].numpy().astype(np.int64), np.ones((2, 2), np.int64))
     features = backbone_features(network, big, inferer)
-    big_prediction = network.head(features)[0].argmax(0).numpy()
-    clicks = (clicks_for(big_prediction, big_mask, rng) * 10)[:10]
+    big_base = network.head(features)
+    clicks = (clicks_for(big_base[0].argmax(0).numpy(), big_mask, rng) * 10)[:10]
+    big_anchor = anchor_mask(big_base, [p for p, _ in clicks], radius, confidence)
     big_seconds, big_steps = [], []
     for _ in range(args.timing_repeats):
         with torch.enable_grad():
             _, info = refine_head(network, features, [p for p, _ in clicks], [c for _, c in clicks], loss, steps, lr,
-                                  limit)
+                                  limit, anchor=big_anchor)
         big_seconds.append(info["seconds"])
         big_steps.append(info["steps"])
 
@@ -177,7 +182,8 @@ def main(argv=None) -> int:
         f"Model: DSP trained through the bundle CLI on the default synthetic dataset ({args.max_epochs} epochs at the "
         f"bundle's CPU sizes; {model.name if args.checkpoint else 'runs/bench_label_refine/models/model.pt'}). "
         f"{len(items)} test images of {shape[0]} x {shape[1]} from its split. Refinement settings: the app's defaults "
-        f"(refine_steps {steps}, refine_learning_rate {lr}, refine_time_limit {limit} s). Clicks accumulate over "
+        f"(refine_steps {steps}, refine_learning_rate {lr}, refine_time_limit {limit} s, refine_radius {radius}, "
+        f"refine_confidence {confidence}). Clicks accumulate over "
         "rounds; each refinement starts from the trained head with all clicks so far.",
         "",
         common.table(["", "mean Dice (%)", "change"], rows),

@@ -7,7 +7,8 @@ Request parameters (form field ``params`` of ``POST /infer/dsp``, a JSON object;
 - ``label``: the class of the foreground clicks (name or index; required with ``foreground``); background clicks
   take the class ``--conf background_label``;
 - ``refine``: true to fit a copy of the head to the clicks (:mod:`dsp_monai.label.refine`) before segmenting;
-  ``refine_steps``, ``refine_learning_rate``, ``refine_time_limit`` override the app's defaults;
+  ``refine_steps``, ``refine_learning_rate``, ``refine_time_limit``, ``refine_radius``, ``refine_confidence``
+  override the app's defaults;
 - ``keep_clicks``: true to store the clicks as points of the image's weak annotations (the app does that).
 
 The label has the image's height x width and array order, uint8 class ids (PNG for PNG / JPEG / TIFF images,
@@ -32,7 +33,7 @@ from monailabel.utils.others.generic import name_to_device
 from dsp_monai.label.annotations import AnnotationInfoError, class_index, clicks_to_points
 from dsp_monai.label.datastore import image_format_http_error
 from dsp_monai.label.images import ImageFormatError, load_image, mask_suffix, write_mask
-from dsp_monai.label.refine import backbone_features, refine_head
+from dsp_monai.label.refine import anchor_mask, backbone_features, refine_head
 from dsp_monai.label.settings import AppSettings
 
 __all__ = ["DSPInferTask", "is_true", "request_clicks"]
@@ -90,6 +91,8 @@ class DSPInferTask(BasicInferTask):
                 "refine_steps": settings.integer("refine_steps"),
                 "refine_learning_rate": settings.number("refine_learning_rate"),
                 "refine_time_limit": settings.number("refine_time_limit"),
+                "refine_radius": settings.number("refine_radius"),
+                "refine_confidence": settings.number("refine_confidence"),
             },
         )
 
@@ -126,9 +129,11 @@ class DSPInferTask(BasicInferTask):
         try:
             steps, learning_rate, time_limit = (int(req["refine_steps"]), float(req["refine_learning_rate"]),
                                                 float(req["refine_time_limit"]))
+            radius, confidence = float(req["refine_radius"]), float(req["refine_confidence"])
         except (TypeError, ValueError) as error:
             raise HTTPException(status_code=400, detail=f"request fields 'refine_steps' (integer), "
-                                f"'refine_learning_rate', 'refine_time_limit' (numbers): {error}") from error
+                                f"'refine_learning_rate', 'refine_time_limit', 'refine_radius', 'refine_confidence' "
+                                f"(numbers): {error}") from error
         network = self._get_network(device, req)
         batch = image.as_tensor()[None].to(device) if hasattr(image, "as_tensor") else image[None].to(device)
         inferer = self.bundle.inferer()
@@ -136,10 +141,11 @@ class DSPInferTask(BasicInferTask):
         with torch.no_grad():
             if refine:
                 features = backbone_features(network, batch, inferer)
+                anchor = anchor_mask(network.head(features), points, radius, confidence)
                 with torch.enable_grad():
                     logits, info = refine_head(
                         network, features, points, classes, self.bundle.dsp_loss(), steps=steps,
-                        learning_rate=learning_rate, time_limit=time_limit,
+                        learning_rate=learning_rate, time_limit=time_limit, anchor=anchor,
                     )
                 result["refine"] = info
             else:

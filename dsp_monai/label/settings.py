@@ -48,6 +48,10 @@ DEFAULT_CONF = {
     "refine_steps": "30",
     "refine_learning_rate": "0.01",
     "refine_time_limit": "1.5",
+    # refinement anchor: the network's own prediction holds the head in place except within this many pixels of a
+    # click and where its softmax maximum is below refine_confidence
+    "refine_radius": "10",
+    "refine_confidence": "0",
 }
 
 TRAIN_CONFIG = os.path.join("configs", "train.yaml")
@@ -111,7 +115,7 @@ class AppSettings:
             raise ValueError(f"--conf overrides: expected a JSON object of bundle ids, got {values['overrides']!r}")
         settings = cls(os.path.abspath(app_dir), root, _labels(values["labels"], os.path.join(root, METADATA)),
                        overrides, values)
-        for key in ("val_split", "refine_learning_rate", "refine_time_limit"):
+        for key in ("val_split", "refine_learning_rate", "refine_time_limit", "refine_radius", "refine_confidence"):
             settings.number(key)
         for key in ("val_seed", "refine_steps", "val_interval"):
             settings.integer(key)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from dsp_monai.label.refine import backbone_features, refine_head
+from dsp_monai.label.refine import anchor_mask, backbone_features, refine_head
 from dsp_monai.losses import DSPLoss
 from dsp_monai.networks import DSPBasicUNet
 
@@ -52,3 +52,27 @@ def test_needs_points_with_classes(network_and_features):
         refine_head(network, features, [], [], DSPLoss(), steps=3, learning_rate=0.1, time_limit=1.0)
     with pytest.raises(ValueError, match=r"got 1 points and 2 classes"):
         refine_head(network, features, [[1, 1]], [0, 1], DSPLoss(), steps=3, learning_rate=0.1, time_limit=1.0)
+
+
+def test_anchor_mask_frees_the_clicks_surroundings_and_uncertain_pixels():
+    logits = torch.zeros(1, 3, 5, 6)
+    logits[0, 1] = 4.0  # class 1 everywhere, softmax maximum e^4 / (e^4 + 2) = 0.965
+    logits[0, 2, 4, 5] = 4.0  # a tie at (4, 5): maximum 0.495
+    anchor = anchor_mask(logits, [[0, 0]], radius=1.5, confidence=0.9)
+    expected = torch.ones(1, 5, 6, dtype=torch.int64)
+    expected[0, 0, 0] = expected[0, 0, 1] = expected[0, 1, 0] = expected[0, 1, 1] = 255  # distance < 1.5
+    expected[0, 4, 5] = 255  # below the confidence
+    assert torch.equal(anchor, expected)
+
+
+def test_anchor_keeps_the_network_s_prediction_away_from_the_clicks(network_and_features):
+    network, features = network_and_features
+    base = network.head(features)
+    points, classes = [[3, 4], [20, 40]], [0, 2]
+    anchor = anchor_mask(base, points, radius=4, confidence=0.0)
+    logits, _ = refine_head(network, features, points, classes, DSPLoss(), steps=40, learning_rate=0.05,
+                            time_limit=60.0, anchor=anchor)
+    refined, before = logits[0].argmax(0), base[0].argmax(0)
+    assert [int(refined[r, c]) for r, c in points] == classes
+    kept = (anchor[0] != 255)
+    assert float((refined == before)[kept].float().mean()) > 0.9
