@@ -47,7 +47,7 @@ OVERRIDES = {
 }
 CONF = {"labels": ",".join(CLASSES), "overrides": json.dumps(OVERRIDES)}
 START_TIMEOUT = 60
-BUNDLE_DATA_EXISTED = (ROOT / "bundle" / "data").exists()
+BUNDLE_DATA = ROOT / "bundle" / "data"
 TRAIN_TIMEOUT = 300
 
 
@@ -87,13 +87,15 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """(client, app folder, seed model path) of a running server; stopped by its process id afterwards."""
+    """(client, app folder, seed model path, server log, whether bundle/data existed before the server started) of a
+    running server; stopped by its process id afterwards."""
     tmp = tmp_path_factory.mktemp("label")
     seed_model = tmp / "seed_model.pt"
     torch.manual_seed(0)
     network = AppSettings.from_conf(str(tmp / "app"), CONF).bundle().network()
     torch.save(network.state_dict(), seed_model)
     port = free_port()
+    bundle_data_existed = BUNDLE_DATA.exists()
     command = [sys.executable, "-m", "dsp_monai.label", "start_server", "--studies", str(tmp / "studies"),
                "--app", str(tmp / "app"), "--host", "127.0.0.1", "--port", str(port), "--model", str(seed_model)]
     for key, value in CONF.items():
@@ -117,7 +119,7 @@ def server(tmp_path_factory):
                 raise AssertionError(f"/info/ did not answer within {START_TIMEOUT} s:\n"
                                      f"{(tmp / 'server.log').read_text()[-5000:]}")
             time.sleep(0.5)
-        yield client, tmp / "app", seed_model, tmp / "server.log"
+        yield client, tmp / "app", seed_model, tmp / "server.log", bundle_data_existed
     finally:
         client.close()
         if process.poll() is None:
@@ -164,7 +166,7 @@ def wait_for_training(client):
 
 
 def test_sequence(server):
-    client, app_dir, seed_model, server_log = server
+    client, app_dir, seed_model, server_log, bundle_data_existed = server
     images = {name: scene(seed) for seed, name in enumerate(["cells_a", "cells_b", "cells_c"])}
     for image_id, (image, _) in images.items():
         response = upload(client, image_id, png_bytes(image), f"{image_id}.png")
@@ -229,7 +231,7 @@ def test_sequence(server):
     model = app_dir / "model" / "model.pt"
     assert model.read_bytes() != before
     assert not list(Path(stats["run_dir"]).glob("synthetic*")), "training generated synthetic data"
-    assert (ROOT / "bundle" / "data").exists() == BUNDLE_DATA_EXISTED, "the server generated synthetic data"
+    assert BUNDLE_DATA.exists() == bundle_data_existed, "the server generated synthetic data"
     assert client.get("/info/").json()["train_stats"]["dsp"]["training_items"] == {"mask": 1, "tags": 1, "points": 1}
 
     # infer again: the server reads the new model (whose mask differs from the seed model's)
@@ -244,7 +246,7 @@ def test_nifti_and_tiff_images(server, tmp_path):
     import nibabel as nib
     import tifffile
 
-    client, app_dir, _, _ = server
+    client, app_dir, _, _, _ = server
     image, _ = scene(3)
     expected = reference_mask(app_dir / "model" / "model.pt", image)
     affine = np.diag([0.5, 0.25, 1.0, 1.0])
@@ -269,7 +271,7 @@ def test_nifti_and_tiff_images(server, tmp_path):
 
 
 def test_bad_requests(server, tmp_path):
-    client, _, _, _ = server
+    client, _, _, _, _ = server
     image, mask = scene(7)
     assert upload(client, "bad_base", png_bytes(image), "bad_base.png").status_code == 200
 
