@@ -1,6 +1,7 @@
 # Set-up and everyday commands. Each target creates the virtual environment it needs (.venv) on first use.
 #   make run    train DSP on the default data         make test   the test suite
 #   make build  (re)compile the extension            make bench  all benchmarks -> benchmarks/RESULTS.md
+#   make label  the optional MONAI Label extra (docs/label.md); `make test` then runs the app's server tests too
 # The checkout is put on the environment's path (a .pth file) and the extension is built in place, incrementally.
 # FORCE_CUDA=1 compiles the CUDA kernels even without a visible GPU (CI does); FORCE_CUDA=0 forbids them.
 
@@ -9,8 +10,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1
 STAMP := $(VENV)/.deps-installed
+LABEL_STAMP := $(VENV)/.label-installed
+# MONAI Label without its dependencies (they pin numpy < 2); requirements-label.txt lists what it needs.
+LABEL_NO_DEPS ?= monailabel==0.8.5 pydicom-seg==0.4.1
 
-.PHONY: run test build bench info clean
+.PHONY: run test build bench info clean label
 
 $(STAMP): requirements.txt setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +39,13 @@ bench: build
 	$(PY) benchmarks/bench_dsp_loss.py
 	$(PY) benchmarks/bench_geodesic.py
 	$(PY) benchmarks/bench_data.py
+
+label: $(LABEL_STAMP)
+
+$(LABEL_STAMP): $(STAMP) requirements-label.txt
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" -r requirements-label.txt
+	$(PY) -m pip install --quiet --no-deps $(LABEL_NO_DEPS)
+	touch $(LABEL_STAMP)
 
 info: $(STAMP)
 	$(PY) -m dsp_monai.info

@@ -132,6 +132,12 @@ def _extension():
     )
 
 
+def _label_requirements():
+    """The MONAI Label extra's packages (requirements-label.txt); monailabel itself is installed with --no-deps."""
+    with open(os.path.join(ROOT, "requirements-label.txt")) as handle:
+        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+
+
 setup(
     name="dsp_monai",
     version="0.1.0",
@@ -157,6 +163,6 @@ setup(
         "zarr>=2.18",
         "nibabel>=5.2",
     ],
-    extras_require={"itk": ["itk>=5.4", "pynrrd>=1.0"], "test": ["pytest>=8"]},
+    extras_require={"itk": ["itk>=5.4", "pynrrd>=1.0"], "test": ["pytest>=8"], "label": _label_requirements()},
     zip_safe=False,
 )
