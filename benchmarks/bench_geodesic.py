@@ -1,4 +1,4 @@
-"""Benchmark of the exact distance-map operators (issue 6; targets in shared/design/ops.md §2).
+"""Benchmark of the exact distance-map operators (targets in docs/ops.md).
 
 Geodesic: exact (iterations=None), lamb = 1, 20 random seeds per map on a uniform-noise image (the hardest case
 for sweeping methods: shortest paths wind), at 512x512, 1024x1024, 64x256x256 and B*S = 8 maps of 512x512, with

@@ -14,7 +14,7 @@ __all__ = ["TagBinaryCrossEntropy", "tag_targets"]
 def tag_targets(labels: torch.Tensor, annotations, num_classes: int, ignore_index: int = 255) -> tuple:
     """The image-level targets of a batch: ``(targets, known)``.
 
-    An image's tags are the classes of its labelled pixels (method.md: tags derived from a mask) together with the
+    An image's tags are the classes of its labelled pixels (docs/method.md: tags derived from a mask) together with the
     tags it carries; an image with neither has no target.
 
     Args:
