@@ -69,7 +69,7 @@ def test_valid_annotations_come_back_as_a_copy():
         ({"tags": [1, 1]}, r"key 'tags': class ids repeat"),
         ({"points": [[3, 4]], "point_classes": [1, 2]}, r"key 'point_classes': has 2 entries but 'points' has 1"),
         ({"points": [[3, 4]]}, r"key 'point_classes': missing; 'points' needs 'point_classes'"),
-        ({"boxes": [[5, 5, 5, 9]], "box_classes": [1]}, r"key 'boxes': entry 0 \[5, 5, 5, 9\] is empty"),
+        ({"boxes": [[5, 5, 5, 9]], "box_classes": [1]}, r"key 'boxes': boxes\[0\] = \[5, 5, 5, 9\] is empty on axis 0"),
         ({"boxes_exhaustive": True}, r"key 'boxes_exhaustive': given without 'boxes'"),
         ({"points": [[96, 0]], "point_classes": [1]}, r"image 'a': image 0: points\[0\] = \(96, 0\) lies outside"),
         ({"boxes": [[0, 0, 10, 129]], "box_classes": [1]}, r"boxes\[0\] = \[0, 0, 10, 129\] lies outside the image"),
