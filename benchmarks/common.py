@@ -106,3 +106,29 @@ def table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def processor() -> str:
+    """The processor's model name, family/model numbers and vector extensions (from /proc/cpuinfo), and the CPU
+    capability torch dispatches to, e.g. ``AMD EPYC (family 25, model 17); vector: avx2 fma avx512f ...; torch
+    capability AVX512``."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                fields.setdefault(key, value)
+    except OSError:
+        pass
+    name = fields.get("model name", platform.processor() or platform.machine())
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = fields.get("flags", "").split()
+    vector = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name}; vector extensions: {' '.join(vector) or 'none listed'}; torch CPU capability {capability}"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. ``1.52 / 1.20 / 0.80``."""
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())
