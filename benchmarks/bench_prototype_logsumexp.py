@@ -146,9 +146,16 @@ def interleaved_times(named, inputs, repeats, sync=None):
     """Median seconds of every (variant, backward) pair, the pairs timed in turn within each repeat so that a
     change of load on the shared cores affects all of them alike. Two warm-up calls each (compilation)."""
     pairs = [(name, fn, backward) for name, fn in named for backward in (False, True)]
+    failed = {}
     for _ in range(2):
-        for _, fn, backward in pairs:
-            step(fn, inputs, backward)
+        for name, fn, backward in pairs:
+            if name in failed:
+                continue
+            try:
+                step(fn, inputs, backward)
+            except Exception as error:  # a compiler missing on this machine: report it, time the rest
+                failed[name] = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
+    pairs = [pair for pair in pairs if pair[0] not in failed]
     times = {(name, backward): [] for name, _, backward in pairs}
     for _ in range(repeats):
         for name, fn, backward in pairs:
@@ -159,7 +166,10 @@ def interleaved_times(named, inputs, repeats, sync=None):
             if sync:
                 sync()
             times[name, backward].append(time.perf_counter() - start)
-    return {key: statistics.median(values) for key, values in times.items()}
+    medians = {key: statistics.median(values) for key, values in times.items()}
+    for name, message in failed.items():
+        medians[name, False] = medians[name, True] = message
+    return medians
 
 
 def fused_bytes(inputs, logits_dtype):
@@ -207,6 +217,9 @@ def cpu_tables(args):
             forward, both = times[name, False], times[name, True]
             base = name.split(",")[0]
             label = LABELS.get(base, base) + (f" ({name.split(', ')[1]} path)" if "," in name else "")
+            if isinstance(both, str):
+                rows.append([label, "failed", both, "-", "-"])
+                continue
             rows.append([label, f"{forward * 1e3:.2f}", f"{both * 1e3:.2f}", ratio(both, times[best, True]),
                          mib(memory[base]) if base in memory else "-"])
         text = common.table(
@@ -232,6 +245,9 @@ def cuda_tables(args):
         rows = []
         for name, fn in named:
             forward, both = times[name, False], times[name, True]
+            if isinstance(both, str):
+                rows.append([LABELS[name], "failed", both, "-", "-", "-"])
+                continue
             rows.append([LABELS[name], f"{forward * 1e3:.3f}", f"{both * 1e3:.3f}", ratio(both, times["fused", True]),
                          f"{both / floor:.1f}x", mib(measure_memory_cuda(fn, inputs))])
         text = common.table(["variant", "fwd ms", "fwd+bwd ms", "fwd+bwd / fused", "fwd+bwd / floor", "extra MiB"],

@@ -466,3 +466,67 @@ def test_cpu_path_environment_variable():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert "prototype_logsumexp: DSP_MONAI_CPU_PATH names an unknown CPU path 'avx9'" in done.stderr
+
+
+def _non_contiguous(emb, protos, allowed, valid):
+    """The same values through strided views: embeddings channels-last, prototypes from a transposed buffer, the
+    masks from a wider buffer sliced back."""
+    emb_nc = emb.to(memory_format=torch.channels_last) if emb.dim() == 4 else emb.transpose(1, 2).contiguous()
+    emb_nc = emb_nc if emb.dim() == 4 else emb_nc.transpose(1, 2)
+    protos_nc = protos.transpose(0, 2).contiguous().transpose(0, 2)
+    allowed_nc = torch.stack([allowed, allowed], -1)[..., 0]
+    valid_nc = torch.stack([valid, valid], -1)[..., 1]
+    assert not (emb_nc.is_contiguous() or protos_nc.is_contiguous() or allowed_nc.is_contiguous())
+    return emb_nc, protos_nc, allowed_nc, valid_nc
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_non_contiguous_inputs_give_the_contiguous_result(device):
+    emb, protos, allowed, valid = make_inputs((20, 33), 11, 3, batch=2, dim=16, dtype=torch.float32, seed=24,
+                                              device=device)
+    results = []
+    for args in ((emb, protos, allowed, valid), _non_contiguous(emb, protos, allowed, valid)):
+        e = args[0].detach().requires_grad_(True)
+        p = args[1].detach().requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, args[2], args[3])
+        grads = torch.autograd.grad(logits.square().mean() + log_z.sum(), (e, p))
+        results.append((logits, log_z, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu_at_benchmark_size(dtype):
+    """The benchmark's GPU size (B=8, D=64, C=11, K=5, 512x512): CUDA against the CPU kernel, both outputs and
+    both gradients."""
+    emb, protos, allowed, valid = make_inputs((512, 512), 11, 5, batch=8, dim=64, dtype=dtype, seed=25)
+    if dtype != torch.float32:
+        protos = protos.float()
+    results = {}
+    for device in ("cpu", "cuda"):
+        e = emb.to(device).requires_grad_(True)
+        p = protos.to(device).requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, allowed.to(device), valid.to(device))
+        grads = torch.autograd.grad(logits.float().square().mean() + log_z.sum(), (e, p))
+        results[device] = [t.detach().cpu().double() for t in (logits, log_z, *grads)]
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    (cl, cz, ce, cp), (gl, gz, ge, gp) = results["cpu"], results["cuda"]
+    torch.testing.assert_close(gl, cl, rtol=tol, atol=tol * 20)
+    torch.testing.assert_close(gz, cz, rtol=1e-5, atol=1e-5)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(ge, ce) < 4 * tol and rel(gp, cp) < 4 * tol
+
+
+@pytest.mark.cuda
+def test_cuda_3d_volume_matches_cpu():
+    emb, protos, allowed, valid = make_inputs((24, 96, 80), 17, 5, batch=2, dim=32, dtype=torch.float32, seed=26)
+    results = {}
+    for device in ("cpu", "cuda"):
+        e = emb.to(device).requires_grad_(True)
+        p = protos.to(device).requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, allowed.to(device), valid.to(device))
+        grads = torch.autograd.grad(logits.square().mean() + log_z.sum(), (e, p))
+        results[device] = [t.detach().cpu() for t in (logits, log_z, *grads)]
+    for cpu, cuda in zip(results["cpu"], results["cuda"]):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)
