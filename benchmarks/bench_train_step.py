@@ -4,21 +4,21 @@ The bundle config is parsed with MONAI's ConfigParser (the CPU profile without a
 the trainer, network, loss, optimizer and data loader are built from it as `make run` builds them, and the
 trainer's own iteration (``DSPTrainer._iteration``) runs on batches from the configured data loader. Nothing in the
 trainer is changed: the components are timed from outside, with wrappers around the functions the iteration calls
-(annotation collation, the fused operator, the positive sums, pseudo-label filtering), module hooks (network
-forward, DSP loss forward, the start of the network's backward), autograd hooks on the operator's inputs and
-outputs (the operator's backward), optimizer step hooks, and a wrapper around ``Tensor.backward``. On a GPU every
-boundary synchronises the device first.
+(annotation collation, the fused operator, the positive sums and their backward, pseudo-label filtering), module
+hooks (network forward, DSP loss forward, the start of the network's backward), autograd hooks on the operator's
+inputs and outputs (the operator's backward), optimizer step hooks, and a wrapper around ``Tensor.backward``. On a
+GPU every boundary synchronises the device first.
 
 Per iteration (median over the timed iterations, ms, and share of the whole step):
 data loading (next batch from the loader), annotation collation, network forward, DSP loss forward (operator /
-positive sums and the rest), pseudo-label filtering, backward of the loss head (operator backward / the rest:
-positives, cross-entropies) and of the network, optimizer step, and the remainder of the iteration (transfers,
+positive sums / the rest), pseudo-label filtering, backward of the loss head (operator / positive sums / the
+rest: cross-entropies) and of the network, optimizer step, and the remainder of the iteration (transfers,
 zero_grad, cross-entropy forwards). Peak memory: the growth of the process's resident memory over one step (CPU)
 or the caching allocator's peak (GPU).
 
     python benchmarks/bench_train_step.py [--iterations 12] [--warmup 3] [--no-write | --output FILE]
 
-Writes the ``bench_train_step`` section of benchmarks/RESULTS.md.
+Writes the ``bench_train_step-<profile>`` section of benchmarks/RESULTS.md.
 """
 
 import argparse
@@ -43,15 +43,18 @@ PARTS = [
     ("collation", "annotation collation"),
     ("network_forward", "network forward"),
     ("dsp_operator_forward", "DSP loss: fused operator forward"),
-    ("dsp_rest_forward", "DSP loss: positives and the rest, forward"),
+    ("dsp_positives_forward", "DSP loss: positive sums forward"),
+    ("dsp_rest_forward", "DSP loss: the rest of its forward (annotation checks, final terms)"),
     ("plf", "pseudo-label filtering (PLF)"),
     ("dsp_operator_backward", "DSP loss: fused operator backward"),
-    ("head_backward_rest", "backward of the rest of the loss head (positives, cross-entropies)"),
+    ("dsp_positives_backward", "DSP loss: positive sums backward"),
+    ("head_backward_rest", "backward of the rest of the loss head (cross-entropies, slicing)"),
     ("network_backward", "network backward"),
     ("optimizer", "optimizer step"),
     ("other", "rest of the iteration (transfers, zero_grad, cross-entropy forwards)"),
 ]
-DSP_PARTS = ("collation", "dsp_operator_forward", "dsp_rest_forward", "dsp_operator_backward")
+DSP_PARTS = ("collation", "dsp_operator_forward", "dsp_positives_forward", "dsp_rest_forward", "dsp_operator_backward",
+             "dsp_positives_backward")
 
 
 class Clock:
@@ -173,6 +176,8 @@ def step_parts(trainer, batches, clock, iteration):
         with patched(trainer_module, "collate_annotations", timed(clock, "collation")), \
                 patched(trainer_module, "filter_pseudo_labels", timed(clock, "plf")), \
                 patched(dsp_module, "prototype_logsumexp", operator_wrapper(clock)), \
+                patched(dsp_module, "positive_sums", timed(clock, "dsp_positives_forward")), \
+                patched(dsp_module._PositiveSums, "backward", timed(clock, "dsp_positives_backward")), \
                 patched(torch.Tensor, "backward", backward_wrapper):
             trainer.state.iteration = iteration
             trainer._iteration(trainer, batch)
@@ -183,9 +188,10 @@ def step_parts(trainer, batches, clock, iteration):
     t = dict(clock.totals)
     parts = {name: t.get(name, 0.0) for name, _ in PARTS}
     parts["data"] = data_end - start
-    parts["dsp_rest_forward"] = t.get("dsp_total_forward", 0.0) - t.get("dsp_operator_forward", 0.0)
+    parts["dsp_rest_forward"] = (t.get("dsp_total_forward", 0.0) - t.get("dsp_operator_forward", 0.0)
+                                 - t.get("dsp_positives_forward", 0.0))
     head = marks["network_backward_start"] - marks["backward_start"]
-    parts["head_backward_rest"] = head - t.get("dsp_operator_backward", 0.0)
+    parts["head_backward_rest"] = head - t.get("dsp_operator_backward", 0.0) - t.get("dsp_positives_backward", 0.0)
     parts["network_backward"] = marks["backward_end"] - marks["network_backward_start"]
     parts["total"] = end - start
     parts["other"] = parts["total"] - sum(parts[name] for name, _ in PARTS if name != "other")

@@ -87,7 +87,7 @@ inline Simd<float>::V exp_nonpositive(Simd<float>::V x) {
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
   const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-  const V scale = reinterpret_cast<const V&>(bits);
+  const V scale = (V)bits;  // same-size vector cast: the bits reinterpreted
   return x < lo ? V{} : p * scale;
 }
 inline Simd<double>::V exp_nonpositive(Simd<double>::V x) {
@@ -109,8 +109,7 @@ template <typename acc_t>
 inline typename Simd<acc_t>::V select_bits(typename Simd<acc_t>::V a, typename Simd<acc_t>::U keep) {
   using U = typename Simd<acc_t>::U;
   using V = typename Simd<acc_t>::V;
-  const U masked = reinterpret_cast<const U&>(a) & keep;
-  return reinterpret_cast<const V&>(masked);
+  return (V)((U)a & keep);
 }
 
 // A 64-byte aligned array (vector loads never straddle more cache lines than needed).
@@ -304,11 +303,11 @@ inline void stream_lanes(scalar_t* dst, const typename Simd<acc_t>::V& v, int64_
   if constexpr (std::is_same<scalar_t, float>::value && std::is_same<acc_t, float>::value) {
     if (count >= Simd<acc_t>::W && reinterpret_cast<uintptr_t>(dst) % kVecBytes == 0) {
 #if DSP_VEC_BYTES == 64
-      _mm512_stream_ps(dst, reinterpret_cast<const __m512&>(v));
+      _mm512_stream_ps(dst, (__m512)v);
 #elif DSP_VEC_BYTES == 32
-      _mm256_stream_ps(dst, reinterpret_cast<const __m256&>(v));
+      _mm256_stream_ps(dst, (__m256)v);
 #else
-      _mm_stream_ps(dst, reinterpret_cast<const __m128&>(v));
+      _mm_stream_ps(dst, (__m128)v);
 #endif
       return;
     }
@@ -522,7 +521,6 @@ void backward(const Problem& p, const at::Tensor& grad_logits, const BackwardCon
               at::Tensor& grad_embeddings, at::Tensor& grad_pbar) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = typename Simd<acc_t>::V;
-  using U = typename Simd<acc_t>::U;
   constexpr int W = Simd<acc_t>::W;
   const int64_t classes = p.classes, dim = p.dim, n = p.pixels;
   const Tiling tiling(p.batch, n);
