@@ -253,7 +253,7 @@ def run(args):
     markdown = (
         f"## Training step profile ({profile} profile)\n\n"
         f"Machine: {common.machine()}.\nProcessor: {common.processor()}.\nCommand: `{common.command()}`. "
-        f"Load average (1/5/15 min) before / after: {load_before} / {common.load_average()} (shared cores).\n\n"
+        f"Load average (1/5/15 min): {load_before} before, {common.load_average()} after (shared cores).\n\n"
         "The default DSP configuration of bundle/configs/train.yaml, built with MONAI's ConfigParser; the trainer's\n"
         "own iteration, its parts timed from outside (see the script's docstring). Medians per part do not add up\n"
         "exactly to the median iteration.\n\n" + summary + "\n\n" + text + "\n"

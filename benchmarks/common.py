@@ -7,6 +7,7 @@ section (and only the rows of the device it ran on), so results from different m
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def machine() -> str:
 
 def command() -> str:
     """The command line that ran this script, relative to the repository root."""
-    return "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent), *sys.argv[1:]])
+    return "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent),
+                                 *(shlex.quote(arg) for arg in sys.argv[1:])])
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:

@@ -4,6 +4,7 @@ timings of the distance-map operators, and the assembly of the single Markdown r
     python benchmarks/gpu_check.py environment
     python benchmarks/gpu_check.py geodesic [--repeats 10]
     python benchmarks/gpu_check.py report WORK_DIR REPORT_FILE
+    python benchmarks/gpu_check.py record REPORT_FILE [--title TEXT]   (the report as a section of RESULTS.md)
 
 Imports torch, numpy and dsp_monai.ops only (never MONAI: the GPU machines do not have it).
 """
@@ -139,6 +140,13 @@ def report(work: Path, output: Path) -> None:
     output.write_text("\n".join(parts).rstrip() + "\n")
 
 
+def record(report_file: Path, title: str) -> None:
+    """Writes a report as the ``gpu_check`` section of benchmarks/RESULTS.md, its headings one level down."""
+    lines = report_file.read_text().splitlines()
+    body = ["#" + line if line.startswith("#") else line for line in lines[1:]]
+    common.write_section("gpu_check", f"## {title}\n" + "\n".join(body))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,13 +156,18 @@ def main():
     rep = sub.add_parser("report")
     rep.add_argument("work", type=Path)
     rep.add_argument("output", type=Path)
+    rec = sub.add_parser("record")
+    rec.add_argument("report", type=Path)
+    rec.add_argument("--title", default="GPU verification (make gpu-check)")
     args = parser.parse_args()
     if args.command == "environment":
         sys.stdout.write(environment() + "\n")
     elif args.command == "geodesic":
         sys.stdout.write(geodesic(args.repeats) + "\n")
-    else:
+    elif args.command == "report":
         report(args.work, args.output)
+    else:
+        record(args.report, args.title)
 
 
 if __name__ == "__main__":

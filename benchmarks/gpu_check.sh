@@ -101,5 +101,5 @@ print('dsp_monai.ops, dsp_monai.annotations and dsp_monai.losses import without 
 cp "$OUT/logs/no_monai_imported.log" "$WORK/no_monai_imported.section.md"
 
 "$PY" benchmarks/gpu_check.py report "$WORK" "$OUT/gpu_check.md"
-echo "Report: $OUT/gpu_check.md"
+echo "Report: $OUT/gpu_check.md (record it in benchmarks/RESULTS.md: $PY benchmarks/gpu_check.py record $OUT/gpu_check.md)"
 awk -F '\t' '$2 != "ok" && $2 != "skipped" { bad = 1 } END { exit bad }' "$WORK/stages.tsv"
