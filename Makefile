@@ -52,3 +52,11 @@ info: $(STAMP)
 
 clean:
 	rm -rf build dsp_monai/_C*.so *.egg-info
+
+# GPU verification on a machine with torch, nvcc and pytest but no MONAI and no internet: builds the extension
+# with that machine's torch, runs the cuda-marked tests and the GPU benchmarks, writes GPU_CHECK_OUT/gpu_check.md.
+# It uses $(PYTHON) as it is (no virtual environment, nothing installed); without a GPU it is a dry run.
+GPU_CHECK_OUT ?= gpu_check
+.PHONY: gpu-check
+gpu-check:
+	PYTHON=$(PYTHON) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)

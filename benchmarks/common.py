@@ -7,6 +7,7 @@ section (and only the rows of the device it ran on), so results from different m
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,8 @@ def machine() -> str:
 
 def command() -> str:
     """The command line that ran this script, relative to the repository root."""
-    return "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent), *sys.argv[1:]])
+    return "python " + " ".join([os.path.relpath(sys.argv[0], RESULTS.parent.parent),
+                                 *(shlex.quote(arg) for arg in sys.argv[1:])])
 
 
 def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
@@ -106,3 +108,29 @@ def table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def processor() -> str:
+    """The processor's model name, family/model numbers and vector extensions (from /proc/cpuinfo), and the CPU
+    capability torch dispatches to, e.g. ``AMD EPYC (family 25, model 17); vector: avx2 fma avx512f ...; torch
+    capability AVX512``."""
+    fields = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                fields.setdefault(key, value)
+    except OSError:
+        pass
+    name = fields.get("model name", platform.processor() or platform.machine())
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = fields.get("flags", "").split()
+    vector = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name}; vector extensions: {' '.join(vector) or 'none listed'}; torch CPU capability {capability}"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, e.g. ``1.52 / 1.20 / 0.80``."""
+    return " / ".join(f"{v:.2f}" for v in os.getloadavg())

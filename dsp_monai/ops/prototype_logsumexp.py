@@ -7,13 +7,13 @@ log Z (like FlashAttention), so only C numbers are kept between the passes.
 """
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from . import _library  # noqa: F401  (registers torch.ops.dsp_monai.*)
 
-__all__ = ["MAX_CLASSES", "pack_allowed", "prototype_logsumexp", "unpack_allowed"]
+__all__ = ["MAX_CLASSES", "cpu_paths", "pack_allowed", "prototype_logsumexp", "set_cpu_path", "unpack_allowed"]
 
 MAX_CLASSES = 63
 """Most classes the bit-mask form of ``allowed`` (int64, one bit per class) can hold."""
@@ -230,3 +230,24 @@ def unpack_allowed(allowed: torch.Tensor, num_classes: int) -> torch.Tensor:
     shifts = torch.arange(num_classes, dtype=torch.int64, device=allowed.device)
     shifts = shifts.view(1, num_classes, *([1] * (allowed.dim() - 1)))
     return ((allowed.unsqueeze(1) >> shifts) & 1).bool()
+
+
+def cpu_paths() -> List[str]:
+    """The CPU kernel builds this processor can run, narrowest first: ``"baseline"`` (any x86-64 or other CPU),
+    ``"avx2"`` (AVX2 + FMA), ``"avx512"`` (AVX-512 F/BW/DQ/VL). The widest is used unless :func:`set_cpu_path` or
+    the environment variable ``DSP_MONAI_CPU_PATH`` (read when the first CPU kernel runs) picks another."""
+    return torch.ops.dsp_monai._prototype_logsumexp_cpu_paths().split(",")
+
+
+def set_cpu_path(path: str) -> str:
+    """Makes every later CPU call of :func:`prototype_logsumexp` use ``path`` (one of :func:`cpu_paths`, or
+    ``"auto"`` for the widest); returns the path used before. Meant for tests and benchmarks: every path computes
+    the same function, to float rounding.
+
+    Raises:
+        RuntimeError: when the path is unknown or this processor lacks its instructions (the message lists the
+            paths it supports).
+    """
+    previous = torch.ops.dsp_monai._prototype_logsumexp_cpu_path("")
+    torch.ops.dsp_monai._prototype_logsumexp_cpu_path(path)
+    return previous

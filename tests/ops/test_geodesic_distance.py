@@ -294,3 +294,29 @@ def test_cuda_matches_cpu(shape):
     torch.testing.assert_close(euclidean_distance(seeds.cuda(), spacing).cpu(), cpu, rtol=1e-6, atol=1e-6)
     torch.library.opcheck(torch.ops.dsp_monai.geodesic_distance.default,
                           (image[:1, :, :8].cuda(), seeds[:1, :, :8].cuda(), None, 1.0, None))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape,batch,maps", [((512, 512), 8, 1), ((48, 128, 128), 1, 2)], ids=["8x512x512", "3d"])
+def test_cuda_matches_cpu_at_benchmark_sizes(shape, batch, maps):
+    generator = torch.Generator().manual_seed(9)
+    image = torch.rand(batch, 1, *shape, generator=generator)
+    seeds = torch.rand(batch, maps, *shape, generator=generator) < 0.0002
+    seeds[(slice(None), slice(None)) + (0,) * len(shape)] = True
+    cpu = geodesic_distance(image, seeds)
+    gpu = geodesic_distance(image.cuda(), seeds.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(euclidean_distance(seeds.cuda()).cpu(), euclidean_distance(seeds), rtol=1e-6,
+                               atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_non_contiguous_inputs():
+    generator = torch.Generator().manual_seed(10)
+    image, seeds = random_problem((40, 50), 2, maps=3, generator=generator, density=0.01)
+    expected = geodesic_distance(image, seeds, None, 0.7, None)
+    image_nc = image.cuda().transpose(2, 3).contiguous().transpose(2, 3)
+    seeds_nc = torch.stack([seeds, seeds], -1).cuda()[..., 0]
+    assert not (image_nc.is_contiguous() or seeds_nc.is_contiguous())
+    torch.testing.assert_close(geodesic_distance(image_nc, seeds_nc, None, 0.7, None).cpu(), expected,
+                               rtol=1e-6, atol=1e-6)

@@ -6,8 +6,18 @@ import pytest
 import torch
 
 from dsp_monai.ops import pack_allowed, prototype_logsumexp, prototype_logsumexp_reference, unpack_allowed
+from dsp_monai.ops.prototype_logsumexp import cpu_paths, set_cpu_path
 
 OP = torch.ops.dsp_monai.prototype_logsumexp.default
+CPU_PATHS = cpu_paths()
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request):
+    """Runs the test once per CPU kernel build this processor supports (AVX-512 forced on, then off, ...)."""
+    previous = set_cpu_path(request.param)
+    yield request.param
+    set_cpu_path(previous)
 
 
 def make_inputs(spatial, classes, per_class, allowed_mode="random", valid_mode="random", batch=2, dim=6,
@@ -39,7 +49,7 @@ def loss_of(logits, log_z, weights_logits, weights_log_z):
 @pytest.mark.parametrize("classes,per_class", [(1, 1), (1, 3), (63, 1), (63, 4), (5, 3)])
 @pytest.mark.parametrize("allowed_mode", ["none", "random", "empty"])
 @pytest.mark.parametrize("valid_mode", ["none", "random", "none_valid"])
-def test_matches_reference_float64(spatial, classes, per_class, allowed_mode, valid_mode):
+def test_matches_reference_float64(spatial, classes, per_class, allowed_mode, valid_mode, cpu_path):
     emb, protos, allowed, valid = make_inputs(spatial, classes, per_class, allowed_mode, valid_mode)
     emb.requires_grad_(True)
     protos.requires_grad_(True)
@@ -127,7 +137,7 @@ def test_empty_spatial_extent():
     assert torch.equal(log_z, torch.full((3,), float("-inf")))
 
 
-def test_identical_for_one_and_two_threads():
+def test_identical_for_one_and_two_threads(cpu_path):
     emb, protos, allowed, valid = make_inputs((96, 80), 11, 5, batch=2, dim=16, dtype=torch.float32, seed=4)
     emb.requires_grad_(True)
     protos.requires_grad_(True)
@@ -143,6 +153,79 @@ def test_identical_for_one_and_two_threads():
         torch.set_num_threads(previous)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("spatial,dim,classes", [((131, 67), 64, 11), ((7, 300), 37, 63), ((2, 3, 41), 13, 25)],
+                         ids=["tiles_and_tail", "many_classes", "3d_odd_dims"])
+def test_every_cpu_path_against_float64_reference_and_thread_counts(dtype, spatial, dim, classes, cpu_path):
+    """Sizes that exercise every micro-kernel edge (pixel tails, row groups, channel remainders) on each CPU path:
+    the result matches the float64 reference and is bit-identical on 1, 2 and 3 threads."""
+    emb, protos, allowed, valid = make_inputs(spatial, classes, 3, batch=2, dim=dim, dtype=dtype, seed=21)
+    if dtype == torch.bfloat16:
+        protos = protos.float()
+    gen = torch.Generator().manual_seed(22)
+    logits_shape = (2, classes, *spatial)
+    w_logits = torch.randn(logits_shape, generator=gen, dtype=torch.float64)
+    w_log_z = torch.randn(classes, generator=gen, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            e = emb.clone().requires_grad_(True)
+            p = protos.clone().requires_grad_(True)
+            logits, log_z = prototype_logsumexp(e, p, 0.07, allowed, valid)
+            grads = torch.autograd.grad(loss_of(logits.double(), log_z.double(), w_logits, w_log_z), (e, p))
+            runs.append((logits, log_z, *grads))
+    finally:
+        torch.set_num_threads(previous)
+    for first, other in zip(runs[0], runs[1]):
+        assert torch.equal(first, other)
+    for first, other in zip(runs[0], runs[2]):
+        assert torch.equal(first, other)
+    e = emb.double().requires_grad_(True)
+    p = protos.double().requires_grad_(True)
+    ref_logits, ref_log_z = prototype_logsumexp_reference(e, p, 0.07, allowed, valid)
+    ref_grads = torch.autograd.grad(loss_of(ref_logits, ref_log_z, w_logits, w_log_z), (e, p))
+    logits, log_z, grad_e, grad_p = runs[0]
+    tol = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2}[dtype]
+    scale = 1 / 0.07
+    torch.testing.assert_close(logits.double(), ref_logits, rtol=0, atol=tol * scale)
+    assert torch.equal(torch.isinf(log_z), torch.isinf(ref_log_z))
+    torch.testing.assert_close(log_z.double(), ref_log_z, rtol=tol, atol=tol)
+    rel = lambda a, b: ((a.double() - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(grad_e, ref_grads[0]) < 8 * tol
+    assert rel(grad_p, ref_grads[1]) < 8 * tol
+
+
+def test_cpu_paths_agree_with_each_other():
+    """Every path computes the same function: float32 results of all paths within float rounding of each other."""
+    emb, protos, allowed, valid = make_inputs((64, 72), 11, 5, batch=2, dim=64, dtype=torch.float32, seed=23)
+    results = {}
+    previous = set_cpu_path("auto")
+    try:
+        for path in CPU_PATHS:
+            set_cpu_path(path)
+            e = emb.clone().requires_grad_(True)
+            p = protos.clone().requires_grad_(True)
+            logits, log_z = prototype_logsumexp(e, p, 0.05, allowed, valid)
+            results[path] = (logits, log_z, *torch.autograd.grad(logits.square().mean() + log_z.sum(), (e, p)))
+    finally:
+        set_cpu_path(previous)
+    first = results[CPU_PATHS[0]]
+    for path in CPU_PATHS[1:]:
+        for a, b in zip(first, results[path]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_path_selection_errors():
+    with pytest.raises(RuntimeError, match=r"names an unknown CPU path 'sse9'; expected one of auto, baseline, avx2, "
+                                           r"avx512"):
+        set_cpu_path("sse9")
+    assert set_cpu_path("auto") in CPU_PATHS
+    assert torch.ops.dsp_monai._prototype_logsumexp_cpu_path("") == CPU_PATHS[-1]
+    assert CPU_PATHS[0] == "baseline"
 
 
 @pytest.mark.parametrize(
@@ -361,3 +444,89 @@ def test_cuda_uses_the_current_stream():
     torch.cuda.current_stream().wait_stream(stream)
     for a, b in zip(expected, got):
         assert torch.equal(a, b)
+
+
+def test_cpu_path_environment_variable():
+    """DSP_MONAI_CPU_PATH picks the path of a new process; an unknown name is reported when the kernel first runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, dsp_monai.ops as ops\n"
+        "e = torch.randn(1, 4, 5); p = torch.randn(2, 1, 4)\n"
+        "ops.prototype_logsumexp(e, p, 0.1)\n"
+        "print(torch.ops.dsp_monai._prototype_logsumexp_cpu_path(''))\n"
+    )
+    env = dict(os.environ, DSP_MONAI_CPU_PATH="baseline")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "baseline"
+    env["DSP_MONAI_CPU_PATH"] = "avx9"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "prototype_logsumexp: DSP_MONAI_CPU_PATH names an unknown CPU path 'avx9'" in done.stderr
+
+
+def _non_contiguous(emb, protos, allowed, valid):
+    """The same values through strided views: embeddings channels-last, prototypes from a transposed buffer, the
+    masks from a wider buffer sliced back."""
+    emb_nc = emb.to(memory_format=torch.channels_last) if emb.dim() == 4 else emb.transpose(1, 2).contiguous()
+    emb_nc = emb_nc if emb.dim() == 4 else emb_nc.transpose(1, 2)
+    protos_nc = protos.transpose(0, 2).contiguous().transpose(0, 2)
+    allowed_nc = torch.stack([allowed, allowed], -1)[..., 0]
+    valid_nc = torch.stack([valid, valid], -1)[..., 1]
+    assert not (emb_nc.is_contiguous() or protos_nc.is_contiguous() or allowed_nc.is_contiguous())
+    return emb_nc, protos_nc, allowed_nc, valid_nc
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_non_contiguous_inputs_give_the_contiguous_result(device):
+    emb, protos, allowed, valid = make_inputs((20, 33), 11, 3, batch=2, dim=16, dtype=torch.float32, seed=24,
+                                              device=device)
+    results = []
+    for args in ((emb, protos, allowed, valid), _non_contiguous(emb, protos, allowed, valid)):
+        e = args[0].detach().requires_grad_(True)
+        p = args[1].detach().requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, args[2], args[3])
+        grads = torch.autograd.grad(logits.square().mean() + log_z.sum(), (e, p))
+        results.append((logits, log_z, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_matches_cpu_at_benchmark_size(dtype):
+    """The benchmark's GPU size (B=8, D=64, C=11, K=5, 512x512): CUDA against the CPU kernel, both outputs and
+    both gradients."""
+    emb, protos, allowed, valid = make_inputs((512, 512), 11, 5, batch=8, dim=64, dtype=dtype, seed=25)
+    if dtype != torch.float32:
+        protos = protos.float()
+    results = {}
+    for device in ("cpu", "cuda"):
+        e = emb.to(device).requires_grad_(True)
+        p = protos.to(device).requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, allowed.to(device), valid.to(device))
+        grads = torch.autograd.grad(logits.float().square().mean() + log_z.sum(), (e, p))
+        results[device] = [t.detach().cpu().double() for t in (logits, log_z, *grads)]
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 4e-3}[dtype]
+    (cl, cz, ce, cp), (gl, gz, ge, gp) = results["cpu"], results["cuda"]
+    torch.testing.assert_close(gl, cl, rtol=tol, atol=tol * 20)
+    torch.testing.assert_close(gz, cz, rtol=1e-5, atol=1e-5)
+    rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert rel(ge, ce) < 4 * tol and rel(gp, cp) < 4 * tol
+
+
+@pytest.mark.cuda
+def test_cuda_3d_volume_matches_cpu():
+    emb, protos, allowed, valid = make_inputs((24, 96, 80), 17, 5, batch=2, dim=32, dtype=torch.float32, seed=26)
+    results = {}
+    for device in ("cpu", "cuda"):
+        e = emb.to(device).requires_grad_(True)
+        p = protos.to(device).requires_grad_(True)
+        logits, log_z = prototype_logsumexp(e, p, 0.05, allowed.to(device), valid.to(device))
+        grads = torch.autograd.grad(logits.square().mean() + log_z.sum(), (e, p))
+        results[device] = [t.detach().cpu() for t in (logits, log_z, *grads)]
+    for cpu, cuda in zip(results["cpu"], results["cuda"]):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-4)

@@ -3,8 +3,11 @@
 // prototype_logsumexp_kernel.cpp calls them only on processors that have AVX2 and FMA.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -14,11 +17,19 @@
 
 #include "ops/prototype_logsumexp.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define DSP_CPU_ISA avx2
+#define DSP_VEC_BYTES 32
+#define DSP_VEC_REGS 16
 #include "ops/cpu/prototype_logsumexp_kernel_impl.h"
+#undef DSP_VEC_REGS
+#undef DSP_VEC_BYTES
 #undef DSP_CPU_ISA
 #pragma GCC pop_options
 #endif
