@@ -64,6 +64,9 @@ class MethodTrainer(SupervisedTrainer):
 
     def __init__(self, loss_terms, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
         kwargs.setdefault("loss_function", None)
+        # The batch carries per-image annotation lists (possibly empty tensors) that MONAI's decollation at
+        # MODEL_COMPLETED cannot split; the handlers read the batch-level output, so nothing is decollated.
+        kwargs.setdefault("decollate", False)
         super().__init__(**kwargs)
         self.loss_terms = build_loss_terms(loss_terms)
         self.num_classes, self.ignore_index = int(num_classes), int(ignore_index)

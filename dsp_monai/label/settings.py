@@ -164,7 +164,10 @@ class BundleView:
         self.bundle_root = bundle_root
         self.parser = ConfigParser()
         self.parser.read_config(os.path.join(bundle_root, TRAIN_CONFIG))
-        self.parser.update({"bundle_root": bundle_root, "class_names": list(class_names), **dict(overrides)})
+        # The preprocessing takes the configured intensity range itself: the bundle's default reads it from the
+        # prepared experiment, which would read (or generate) a datalist when the server starts.
+        self.parser.update({"bundle_root": bundle_root, "class_names": list(class_names),
+                            "validate#preprocessing#intensity_range": "@intensity_range", **dict(overrides)})
         self.parser.get_parsed_content("imports")
 
     @property
