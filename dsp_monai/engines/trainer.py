@@ -18,9 +18,10 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
-from dsp_monai.annotations import collate_annotations
+from dsp_monai.annotations import ANNOTATION_TYPES, collate_annotations
 from dsp_monai.losses import DSPLoss, filter_pseudo_labels
 
 __all__ = ["DSPTrainer"]
@@ -198,6 +199,16 @@ class DSPTrainer(SupervisedTrainer):
                 if bool((pseudo != self.ignore_index).any()):
                     plf = F.cross_entropy(logits_s.float(), pseudo, ignore_index=self.ignore_index)
             loss = self.lambda_ce * ce + ramp * (self.lambda_plf * plf + self.lambda_dsp * dsp_total.float())
+        loss_terms, loss_weights = {"ce": ce, "plf": plf}, {"ce": self.lambda_ce, "plf": ramp * self.lambda_plf}
+        if self.lambda_dsp > 0:
+            views = {"weak": out_w, "strong": out_s} if use_strong and self.dsp_views == "both" else {"weak": out_w}
+            for view, out in views.items():
+                for kind, weight in zip(ANNOTATION_TYPES, self.dsp_loss.weights):
+                    loss_terms[f"dsp_{view}_{kind}"] = out[kind]
+                    loss_weights[f"dsp_{view}_{kind}"] = ramp * self.lambda_dsp * weight
+        # Live (graph-attached) terms before backward, for opt-in handlers (dsp_monai.engines.diagnostics).
+        engine.state.output = {Keys.LOSS: loss, "loss_terms": loss_terms, "loss_weights": loss_weights}
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
         loss.backward()
         engine.optimizer.step()
         if self.teacher is not None:
