@@ -166,6 +166,16 @@ def positive_sums(logits: torch.Tensor, annotations: AnnotationBatch, dtype: tor
     return _PositiveSums.apply(logits, annotations, dtype)
 
 
+CLASS_REDUCTIONS = ("sum", "mean")
+
+
+def check_class_reduction(class_reduction) -> str:
+    """``class_reduction`` if it is one of :data:`CLASS_REDUCTIONS`, else a ValueError."""
+    if class_reduction not in CLASS_REDUCTIONS:
+        raise ValueError(f"class_reduction must be one of {CLASS_REDUCTIONS}; got {class_reduction!r}")
+    return class_reduction
+
+
 def _global_log_z(log_z: torch.Tensor, group) -> torch.Tensor:
     shift = all_reduce_max(log_z, group)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
@@ -179,6 +189,7 @@ def dsp_loss(
     annotations,
     ignore_index: int = 255,
     distributed: Union[bool, object] = False,
+    class_reduction: str = "sum",
 ) -> Dict[str, torch.Tensor]:
     """The DSP loss of every annotation type (method.md §4, supplement S.3-S.8), with all lambdas 1.
 
@@ -202,6 +213,9 @@ def dsp_loss(
             ``torch.distributed.ProcessGroup``: Z_c then sums over the whole global batch and the positive means
             run over every rank's positives, differentiably, so every rank gets the loss of the concatenated batch
             (see :mod:`dsp_monai.losses.distributed` for the gradient convention under DistributedDataParallel).
+        class_reduction: how a type's per-class terms combine: ``"sum"`` (S.8 as written: the term, and its
+            gradient, grow with the number of classes that have positives) or ``"mean"`` (divided by that number,
+            so the term's scale no longer depends on the class count; a type without positives stays 0).
 
     Returns:
         dict of float tensors: ``"mask"``, ``"box"``, ``"point"``, ``"image"`` (scalars, each zero when the type has
@@ -233,6 +247,7 @@ def dsp_loss(
         raise ValueError(f"embeddings must have shape (B, D, *spatial); got shape {_shape(embeddings)}")
     if prototypes.dim() != 3:
         raise ValueError(f"prototypes must have shape (C, K, D); got shape {_shape(prototypes)}")
+    check_class_reduction(class_reduction)
     group = resolve_group(distributed)
     batch = prepare_annotations(
         annotations, prototypes.shape[0], embeddings.shape[2:], embeddings.shape[0], embeddings.device, ignore_index
@@ -249,6 +264,8 @@ def dsp_loss(
     safe_log_z = torch.where(finite, log_z, torch.zeros_like(log_z))
     present = (counts > 0) & finite
     terms = torch.where(present, safe_log_z - means, torch.zeros_like(means)).sum(dim=1)
+    if class_reduction == "mean":
+        terms = terms / present.sum(dim=1).clamp(min=1).to(terms.dtype)
     out = {name: terms[row] for row, name in enumerate(ANNOTATION_TYPES)}
     out["total"] = terms.sum()
     out["logits"] = logits
@@ -271,9 +288,11 @@ class DSPLoss(_Loss):
         ignore_index: the label value of unlabelled pixels (not a class id).
         distributed: False, True (default process group) or a ``torch.distributed.ProcessGroup``: reduce Z_c and
             the positive means over the global batch (see :func:`dsp_loss`).
+        class_reduction: ``"sum"`` (S.8) or ``"mean"`` over the classes with positives, per type (see
+            :func:`dsp_loss`).
 
     Raises:
-        ValueError: for a negative or non-finite weight, or a non-integer ignore_index.
+        ValueError: for a negative or non-finite weight, a non-integer ignore_index or an unknown class_reduction.
         TypeError: when ``distributed`` is neither a bool nor a ProcessGroup.
 
     Example:
@@ -295,6 +314,7 @@ class DSPLoss(_Loss):
         lambda_image: float = 1.0,
         ignore_index: int = 255,
         distributed: Union[bool, object] = False,
+        class_reduction: str = "sum",
     ) -> None:
         super().__init__()
         weights = {
@@ -309,6 +329,7 @@ class DSPLoss(_Loss):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer; got {ignore_index!r}")
         check_option(distributed)
+        self.class_reduction = check_class_reduction(class_reduction)
         self.weights = tuple(float(weights[f"lambda_{name}"]) for name in ANNOTATION_TYPES)
         self.ignore_index = ignore_index
         self.distributed = distributed
@@ -331,6 +352,7 @@ class DSPLoss(_Loss):
         Returns:
             the dict of :func:`dsp_loss`, its ``"total"`` weighted by the lambdas (the per-type terms unweighted).
         """
-        out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed)
+        out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed,
+                       self.class_reduction)
         out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, ANNOTATION_TYPES))
         return out
