@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         f"Command (resumable): `{acc.reproduce_command()}`\n\n" + (f"{args.note}\n\n" if args.note else "")
         + "Test mean Dice (%) of the best-validation checkpoint, mean ± sample std over seeds (count); the paired"
         " columns are DSP minus the baseline on the same seed (same masked images, same weak labels), mean ± std."
-        " Target: both paired means >= -1. Profiles: `configs/sweeps/no_harm.yaml` (64 x 64 crops, 300"
+        " Target: both paired means >= -1. Profiles: `configs/sweeps/no_harm.yaml` (64 x 64 crops, 200"
         " iterations) for the small datasets, `configs/sweeps/cpu_study.yaml` for `synthetic`; datasets from"
         " `benchmarks/real_datasets.py`.\n\n"
         + paired_table(results, datasets) + "\n\nPer seed (test mean Dice, %):\n\n"

@@ -6,7 +6,7 @@ and validation curves of finished runs, for docs/diagnosis.md.
 
 Each ``--runs`` entry is ``LABEL=FOLDER``. Panels: validation mean Dice per epoch (from the folder's TensorBoard
 events, so runs without diagnostics can be shown too); the gradient norm on the backbone of the mask CE and of
-all DSP terms together; the DSP share of the total loss gradient.
+all DSP terms together, and the DSP share of the total loss gradient (runs with a DSP term and diagnostics only).
 """
 
 from __future__ import annotations
@@ -49,27 +49,31 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6), dpi=110)
-    for entry in args.runs:
+    for index, entry in enumerate(args.runs):
         label, _, folder = entry.partition("=")
         folder = Path(folder)
+        colour = f"C{index}"  # one colour per run in every panel
         curve = validation_curve(folder)
         if curve:
-            axes[0].plot([e for e, _ in curve], [100 * v for _, v in curve], marker="o", ms=3, label=label)
-        records = [r for r in diagnostics(folder) if r.get("kind") == "train"]
+            axes[0].plot([e for e, _ in curve], [100 * v for _, v in curve], marker="o", ms=3, color=colour,
+                         label=label)
+        records = [r for r in diagnostics(folder) if r.get("kind") == "train" and r.get("dsp_all/grad_backbone")]
         if records:
             steps = [r["iteration"] for r in records]
-            line, = axes[1].plot(steps, [r.get("dsp_all/grad_backbone", 0.0) for r in records], label=f"{label}: DSP")
-            axes[1].plot(steps, [r.get("ce/grad_backbone", 0.0) for r in records], ls="--", color=line.get_color(),
+            axes[1].plot(steps, [r.get("dsp_all/grad_backbone", 0.0) for r in records], color=colour,
+                         label=f"{label}: DSP")
+            axes[1].plot(steps, [r.get("ce/grad_backbone", 0.0) for r in records], ls="--", color=colour,
                          label=f"{label}: mask CE")
             axes[2].plot(steps, [r.get("dsp_all/grad_backbone", 0.0) / max(r.get("total/grad_backbone", 0.0), 1e-12)
-                                 for r in records], label=label)
+                                 for r in records], color=colour, label=label)
     axes[0].set(xlabel="epoch", ylabel="validation mean Dice (%)", title="validation")
     axes[1].set(xlabel="iteration", ylabel="gradient norm on the backbone", yscale="log",
                 title="weighted term gradients")
     axes[2].set(xlabel="iteration", ylabel="|grad DSP| / |grad total|", title="DSP share of the update")
     for axis in axes:
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     if args.title:
         figure.suptitle(args.title, fontsize=10)
     figure.tight_layout()
