@@ -174,6 +174,16 @@ def positive_sums(logits: torch.Tensor, annotations: AnnotationBatch, dtype: tor
     return _PositiveSums.apply(logits, annotations, dtype)
 
 
+CLASS_REDUCTIONS = ("sum", "mean")
+
+
+def check_class_reduction(class_reduction) -> str:
+    """``class_reduction`` if it is one of :data:`CLASS_REDUCTIONS`, else a ValueError."""
+    if class_reduction not in CLASS_REDUCTIONS:
+        raise ValueError(f"class_reduction must be one of {CLASS_REDUCTIONS}; got {class_reduction!r}")
+    return class_reduction
+
+
 def _global_log_z(log_z: torch.Tensor, group) -> torch.Tensor:
     shift = all_reduce_max(log_z, group)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
@@ -187,6 +197,7 @@ def dsp_loss(
     annotations,
     ignore_index: int = 255,
     distributed: Union[bool, object] = False,
+    class_reduction: str = "sum",
 ) -> Dict[str, torch.Tensor]:
     """The DSP loss of every annotation type (docs/method.md, supplement S.3-S.8), with all lambdas 1.
 
@@ -210,6 +221,9 @@ def dsp_loss(
             ``torch.distributed.ProcessGroup``: Z_c then sums over the whole global batch and the positive means
             run over every rank's positives, differentiably, so every rank gets the loss of the concatenated batch
             (see :mod:`dsp_monai.losses.distributed` for the gradient convention under DistributedDataParallel).
+        class_reduction: how a type's per-class terms combine: ``"sum"`` (S.8 as written: the term, and its
+            gradient, grow with the number of classes that have positives) or ``"mean"`` (divided by that number,
+            so the term's scale no longer depends on the class count; a type without positives stays 0).
 
     Returns:
         dict of float tensors: ``"mask"``, ``"box"``, ``"point"``, ``"image"`` (scalars, each zero when the type has
@@ -241,12 +255,13 @@ def dsp_loss(
         raise ValueError(f"embeddings must have shape (B, D, *spatial); got shape {_shape(embeddings)}")
     if prototypes.dim() != 3:
         raise ValueError(f"prototypes must have shape (C, K, D); got shape {_shape(prototypes)}")
+    check_class_reduction(class_reduction)
     group = resolve_group(distributed)
     batch = prepare_annotations(
         annotations, prototypes.shape[0], embeddings.shape[2:], embeddings.shape[0], embeddings.device, ignore_index
     )
     logits, log_z = prototype_scores(embeddings, prototypes, temperature, batch)
-    return dsp_loss_from_scores(logits, log_z, batch, group)
+    return dsp_loss_from_scores(logits, log_z, batch, group, class_reduction)
 
 
 def prototype_scores(embeddings: torch.Tensor, prototypes: torch.Tensor, temperature: float,
@@ -265,7 +280,7 @@ def prototype_scores(embeddings: torch.Tensor, prototypes: torch.Tensor, tempera
 
 
 def dsp_loss_from_scores(logits: torch.Tensor, log_z: torch.Tensor, batch: AnnotationBatch,
-                         group=None) -> Dict[str, torch.Tensor]:
+                         group=None, class_reduction: str = "sum") -> Dict[str, torch.Tensor]:
     """The DSP loss of :func:`dsp_loss` (all lambdas 1) from the scores of :func:`prototype_scores`.
 
     Args:
@@ -273,6 +288,7 @@ def dsp_loss_from_scores(logits: torch.Tensor, log_z: torch.Tensor, batch: Annot
         log_z: (C,) log Z_c of this process's batch.
         batch: the matching :class:`AnnotationBatch`.
         group: None, or the process group to reduce Z_c and the positives over (see :func:`dsp_loss`).
+        class_reduction: ``"sum"`` or ``"mean"`` over the classes with positives (see :func:`dsp_loss`).
 
     Returns:
         the dict of :func:`dsp_loss`.
@@ -287,6 +303,8 @@ def dsp_loss_from_scores(logits: torch.Tensor, log_z: torch.Tensor, batch: Annot
     safe_log_z = torch.where(finite, log_z, torch.zeros_like(log_z))
     present = (counts > 0) & finite
     terms = torch.where(present, safe_log_z - means, torch.zeros_like(means)).sum(dim=1)
+    if class_reduction == "mean":
+        terms = terms / present.sum(dim=1).clamp(min=1).to(terms.dtype)
     out = {name: terms[row] for row, name in enumerate(POSITIVE_TYPES)}
     out["total"] = terms.sum()
     out["logits"] = logits
@@ -309,9 +327,11 @@ class DSPLoss(_Loss):
         ignore_index: the label value of unlabelled pixels (not a class id).
         distributed: False, True (default process group) or a ``torch.distributed.ProcessGroup``: reduce Z_c and
             the positive means over the global batch (see :func:`dsp_loss`).
+        class_reduction: ``"sum"`` (S.8) or ``"mean"`` over the classes with positives, per type (see
+            :func:`dsp_loss`).
 
     Raises:
-        ValueError: for a negative or non-finite weight, or a non-integer ignore_index.
+        ValueError: for a negative or non-finite weight, a non-integer ignore_index or an unknown class_reduction.
         TypeError: when ``distributed`` is neither a bool nor a ProcessGroup.
 
     Example:
@@ -333,6 +353,7 @@ class DSPLoss(_Loss):
         lambda_image: float = 1.0,
         ignore_index: int = 255,
         distributed: Union[bool, object] = False,
+        class_reduction: str = "sum",
     ) -> None:
         super().__init__()
         weights = {
@@ -347,6 +368,7 @@ class DSPLoss(_Loss):
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise ValueError(f"ignore_index must be an integer; got {ignore_index!r}")
         check_option(distributed)
+        self.class_reduction = check_class_reduction(class_reduction)
         self.weights = tuple(float(weights[f"lambda_{name}"]) for name in POSITIVE_TYPES)
         self.ignore_index = ignore_index
         self.distributed = distributed
@@ -369,7 +391,8 @@ class DSPLoss(_Loss):
         Returns:
             the dict of :func:`dsp_loss`, its ``"total"`` weighted by the lambdas (the per-type terms unweighted).
         """
-        out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed)
+        out = dsp_loss(embeddings, prototypes, temperature, annotations, self.ignore_index, self.distributed,
+                       self.class_reduction)
         return self._weighted(out)
 
     def from_scores(
@@ -387,7 +410,8 @@ class DSPLoss(_Loss):
         """
         batch = prepare_annotations(annotations, logits.shape[1], logits.shape[2:], logits.shape[0], logits.device,
                                     self.ignore_index)
-        return self._weighted(dsp_loss_from_scores(logits, log_z, batch, resolve_group(self.distributed)))
+        return self._weighted(
+            dsp_loss_from_scores(logits, log_z, batch, resolve_group(self.distributed), self.class_reduction))
 
     def _weighted(self, out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         out["total"] = sum(weight * out[name] for weight, name in zip(self.weights, POSITIVE_TYPES))

@@ -78,7 +78,10 @@ def first_iterations(datalist: str, output_dir: Path, method, overrides: dict) -
         "device": "$torch.device('cpu')", "profile": "cpu", "amp": False, "roi_size": [64, 64],
         "sizes#cpu#features": [4, 4, 8, 8, 16, 4], "sizes#cpu#embedding_dim": 8, "batch_size": 4,
         "iterations_per_epoch": ITERATIONS, "max_epochs": 1, "val_interval": 10, "num_workers": 0, "acr": 2,
-        "warmup_iterations": 2, **overrides,
+        "warmup_iterations": 2,
+        # the recipe the fixture was recorded with, before the no-harm defaults (docs/diagnosis.md): the DSP loss
+        # summed over classes with weight 1
+        "lambda_dsp": 1.0, "dsp_loss#class_reduction": "sum", **overrides,
     })
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -93,8 +93,10 @@ def scores(embeddings: torch.Tensor, prototypes: torch.Tensor, temperature: floa
     return out
 
 
-def reference_loss(embeddings, prototypes, temperature, records, num_classes=None):
-    """The four DSP terms (S.8, lambdas 1), log Z (S.3), the scores and the positive counts, from loops."""
+def reference_loss(embeddings, prototypes, temperature, records, num_classes=None, class_mean=False):
+    """The four DSP terms (S.8, lambdas 1), log Z (S.3), the scores and the positive counts, from loops.
+
+    With ``class_mean`` each type's term is divided by the number of classes that contributed to it."""
     batch = embeddings.shape[0]
     classes = prototypes.shape[0] if num_classes is None else num_classes
     spatial = tuple(embeddings.shape[2:])
@@ -149,10 +151,12 @@ def reference_loss(embeddings, prototypes, temperature, records, num_classes=Non
     terms = {}
     for name in TYPES:
         total = torch.zeros((), dtype=torch.float64)
+        contributing = 0
         for c in range(classes):
             if omega[name][c] and math.isfinite(float(log_z[c].detach())):
                 total = total + log_z[c] - torch.stack(omega[name][c]).mean()
-        terms[name] = total
+                contributing += 1
+        terms[name] = total / contributing if class_mean and contributing else total
     terms["total"] = terms["mask"] + terms["box"] + terms["point"] + terms["image"]
     counts = [[len(omega[name][c]) for c in range(classes)] for name in TYPES]
     return terms, torch.stack(log_z), s, counts
