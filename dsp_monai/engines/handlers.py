@@ -129,16 +129,24 @@ class RunSummary:
         value = evaluator.state.metrics.get(self.metric_name)
         per_class = per_class_from_metrics(evaluator.state.metrics, self.metric_name)
         last = {"epoch": trainer.state.epoch, "mean": value, "per_class": per_class}
+        if self.best is None:
+            # a resumed run: the best validation of the epochs before the interruption
+            self.best = self._previous().get("best_validation")
         if self.best is None or (value is not None and value > self.best["mean"]):
             self.best = last
         self._write(trainer, False, last)
 
+    def _previous(self) -> dict:
+        """What metrics.json holds from earlier (an interrupted run of the same command), or {}."""
+        path = os.path.join(self.output_dir, "metrics.json")
+        if not os.path.exists(path):
+            return {}
+        with open(path) as handle:
+            return json.load(handle)
+
     def _write(self, trainer: Engine, final: bool, last: dict | None = None) -> None:
         path = os.path.join(self.output_dir, "metrics.json")
-        previous = {}
-        if os.path.exists(path):
-            with open(path) as handle:
-                previous = json.load(handle)
+        previous = self._previous()
         if self.best is None and "best_validation" in previous:
             self.best = previous["best_validation"]
         summary = {
