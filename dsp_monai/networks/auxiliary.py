@@ -7,7 +7,25 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import BasicUNet
 from torch import nn
 
-__all__ = ["AuxiliaryHeadUNet"]
+__all__ = ["AuxiliaryHeadUNet", "basic_unet_decoder", "basic_unet_encoder"]
+
+
+def basic_unet_encoder(unet: BasicUNet, images: torch.Tensor) -> list:
+    """The feature maps of a MONAI BasicUNet's encoder, finest first: [x0, x1, x2, x3, x4 (the bottleneck)]."""
+    features = [unet.conv_0(images)]
+    for down in (unet.down_1, unet.down_2, unet.down_3, unet.down_4):
+        features.append(down(features[-1]))
+    return features
+
+
+def basic_unet_decoder(unet: BasicUNet, encoder: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The BasicUNet decoder's last feature map (the input of its final convolution) from
+    :func:`basic_unet_encoder`'s maps."""
+    x0, x1, x2, x3, x4 = encoder
+    u4 = unet.upcat_4(x4, x3)
+    u3 = unet.upcat_3(u4, x2)
+    u2 = unet.upcat_2(u3, x1)
+    return unet.upcat_1(u2, x0)
 
 
 class AuxiliaryHeadUNet(nn.Module):
@@ -67,16 +85,7 @@ class AuxiliaryHeadUNet(nn.Module):
 
     def decoder_features(self, images: torch.Tensor) -> torch.Tensor:
         """The U-Net decoder's last feature map (B, features[5], *spatial), the input of its final convolution."""
-        unet = self.segmentation
-        x0 = unet.conv_0(images)
-        x1 = unet.down_1(x0)
-        x2 = unet.down_2(x1)
-        x3 = unet.down_3(x2)
-        x4 = unet.down_4(x3)
-        u4 = unet.upcat_4(x4, x3)
-        u3 = unet.upcat_3(u4, x2)
-        u2 = unet.upcat_2(u3, x1)
-        return unet.upcat_1(u2, x0)
+        return basic_unet_decoder(self.segmentation, basic_unet_encoder(self.segmentation, images))
 
     def forward(self, images: torch.Tensor, outputs: Union[Sequence[str], None] = None):
         """Segmentation logits (B, C, *spatial); with ``outputs`` a dict of the named outputs.

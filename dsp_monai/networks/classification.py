@@ -8,6 +8,8 @@ from monai.networks.layers.factories import Conv, Pool
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from .auxiliary import basic_unet_decoder, basic_unet_encoder
+
 __all__ = ["ClassificationBranchUNet"]
 
 
@@ -93,18 +95,10 @@ class ClassificationBranchUNet(nn.Module):
         if unknown:
             raise ValueError(f"ClassificationBranchUNet has the outputs {list(self.output_names)}; got "
                              f"{sorted(unknown)}")
-        unet = self.segmentation
-        x0 = unet.conv_0(images)
-        x1 = unet.down_1(x0)
-        x2 = unet.down_2(x1)
-        x3 = unet.down_3(x2)
-        x4 = unet.down_4(x3)
+        encoder = basic_unet_encoder(self.segmentation, images)
         result = {}
         if "tag_logits" in outputs:
-            result["tag_logits"] = self.tag_logits(x4)
+            result["tag_logits"] = self.tag_logits(encoder[-1])
         if "logits" in outputs:
-            u4 = unet.upcat_4(x4, x3)
-            u3 = unet.upcat_3(u4, x2)
-            u2 = unet.upcat_2(u3, x1)
-            result["logits"] = unet.final_conv(unet.upcat_1(u2, x0))
+            result["logits"] = self.segmentation.final_conv(basic_unet_decoder(self.segmentation, encoder))
         return result
