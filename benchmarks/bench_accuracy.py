@@ -1,30 +1,50 @@
-"""Test-set accuracy of the methods over annotation compression rates (ACR) and seeds, through the bundle's CLI.
+"""Test-set accuracy of the methods over scenarios, annotation compression rates (ACR) and seeds, through the bundle's
+CLI: the paper's Tables 2 and 3, Dice-versus-ACR plots, and (``--figures``) Figures 4 and 5.
 
 Every run is a subprocess of ``python -m monai.bundle run training`` and then ``... evaluating`` on
-``bundle/configs/train.yaml`` + ``configs/methods/<method>.yaml`` + the profile's and the caller's config files, in
-its own folder ``ROOT/<method>/acr<ACR>/seed<SEED>`` (logs ``train.log`` and ``evaluate.log`` there). The seed draws
-the cross-sub-volume split and which training images keep their masks; every method sees the same split for a seed.
-All methods train for the same number of iterations.
+``bundle/configs/train.yaml`` + ``configs/methods/<method>.yaml`` + the profile's and the caller's config files + the
+run's ``overrides.yaml`` (the scenario's and the caller's ``--set`` overrides), in its own folder
+``ROOT/<variant>/<scenario>/<method>/acr<ACR>/seed<SEED>`` (logs ``train.log`` and ``evaluate.log``, the settings
+``run.json``). The seed draws the cross-sub-volume split and which training images keep their masks; every method,
+scenario and variant sees the same split and the same masked images for a seed. All methods train for the same
+number of iterations.
 
-Resumable: a run whose ``test_metrics.json`` exists is skipped, a run that finished training is only evaluated, and
-an interrupted training resumes from its last checkpoint (the bundle does that). Run the same command again to
-continue.
+Scenarios (:data:`SCENARIOS`): ``mixed`` (masks + tags, boxes and points, the paper's Table 3), ``tags``, ``boxes``,
+``points`` (masks + one weak type, Table 2), ``none`` (``weak_types: []``: the images without masks stay in
+training, unannotated: semi-supervised) and ``masks`` (``training_types: [mask]``: the images without masks are left
+out of training). ``mixed`` minus ``masks`` of the same method, ACR and seed is the weak labels' own share (together
+with the unannotated images they come on); ``mixed`` minus ``none`` is the share of the weak labels alone.
 
-    python benchmarks/bench_accuracy.py                                   # dsp and unet at ACR 1 and 32, seeds 0-2
-    python benchmarks/bench_accuracy.py --methods unet fixmatch_plf dsp --acrs 1 8 32 --seeds 0 1 2
-    python benchmarks/bench_accuracy.py --report-only                     # tables and plot from finished runs
+A *variant* (``--variant NAME``, default ``default``) is a recipe: the ``--config`` / ``--set`` given with it, the
+same for every method (e.g. a training budget and a supervised-loss balancing). Variants live in their own run
+folders; ``--report-only --variant A B`` reports them side by side. ``run.json`` holds a run's settings; running a
+variant again with other settings is refused (choose another variant name).
+
+Resumable: a run whose ``test_metrics.json`` reads back is skipped, a run that finished training is only evaluated
+(an unreadable ``test_metrics.json`` is evaluated again), and an interrupted training resumes from its last checkpoint
+(the bundle does that). Run the same command again to continue.
+
+    python benchmarks/bench_accuracy.py                                   # dsp and unet, mixed, ACR 1 and 32, seeds 0-2
+    python benchmarks/bench_accuracy.py --methods unet fixmatch_plf dsp --scenarios mixed boxes --acrs 1 8 32
+    python benchmarks/bench_accuracy.py --variant ce_dice --set supervised_loss=ce_dice --methods unet dsp
+    python benchmarks/bench_accuracy.py --report-only --variant default ce_dice --scenarios mixed boxes
+    python benchmarks/bench_accuracy.py --figures --methods unet fixmatch_plf dsp --acrs 32 --seeds 0
     python benchmarks/bench_accuracy.py --gpu                             # on a GPU machine: the paper-size profile
     python benchmarks/bench_accuracy.py --ablation configs/sweeps/ablation.yaml --acrs 32 --seeds 0 1
 
-On a CPU the study profile ``configs/sweeps/cpu_study.yaml`` (at most about 4 minutes per run on 2 cores) is added;
-with ``--gpu`` it is not, and the bundle picks its GPU profile (the paper's U-Net and batch) by itself.
+On a CPU the study profile ``configs/sweeps/cpu_study.yaml`` is added before the caller's ``--config`` files; with
+``--gpu`` it is not, and the bundle picks its GPU profile (the paper's U-Net and batch) by itself. DSP runs write
+snapshots of the network at 10 %, 50 % and 100 % of training (``snapshot_iterations``) for Figure 5.
 
-Writes the table of test mean Dice (mean and standard deviation over seeds, per method and ACR; paired differences
-to DSP; per class) with the machine and the exact command to the ``accuracy-cpu`` / ``accuracy-gpu`` section of
-benchmarks/RESULTS.md, and the Dice-versus-ACR plot to benchmarks/accuracy_vs_acr.png (``_gpu`` for the GPU
-profile). ``--ablation FILE`` instead trains the variants of FILE (a YAML mapping ``name: {description, overrides}``,
-overrides being bundle config ids applied to the DSP method) and reports their *validation* Dice, the quantity
-settings are chosen by, in the section named after FILE's stem.
+Writes the tables (Table 3: mixed; Table 2: one block per single weak type; the weak labels' own share; paired
+differences to the U-Net and to FixMatch + PLF; per seed; validation; per class) with the machine and the exact
+command to the ``accuracy-cpu`` / ``accuracy-gpu`` section of benchmarks/RESULTS.md, and one Dice-versus-ACR plot per
+scenario to benchmarks/accuracy_vs_acr[_<scenario>][_gpu].png. ``--figures`` instead draws Figure 4 (test images,
+ground truth and every method's prediction, at the largest ``--acrs`` and the first seed) and Figure 5 (t-SNE of the
+DSP run's prototypes and pixel embeddings at its snapshots) with :mod:`study_figures`. ``--ablation FILE`` trains the
+variants of FILE (a YAML mapping ``name: {description, overrides}``, overrides being bundle config ids applied to the
+DSP method) and reports their *validation* Dice, the quantity settings are chosen by, in the section named after
+FILE's stem.
 """
 
 from __future__ import annotations
@@ -48,8 +68,28 @@ METHOD_LABELS = {"unet": "U-Net (masks only)", "fixmatch_plf": "FixMatch + PLF",
                  "euclidean_branch": "Euclidean point branch", "geodesic_branch": "Geodesic point branch",
                  "pseudo_label": "Pseudo-label", "pseudo_label_plf": "Pseudo-label + PLF", "fixmatch": "FixMatch",
                  "cls_branch": "Classification branch", "box_projection": "Box projection", "con2r": "Con2R"}
+# The three methods of the no-harm benchmark (its columns).
 METHOD_ORDER = ("unet", "fixmatch_plf", "dsp")
+# The rows of the paper's comparison (supplement Table 2, docs/methods.md), in its order.
+PAPER_ORDER = ("unet", "cls_branch", "box_projection", "euclidean_branch", "geodesic_branch", "pseudo_label",
+               "pseudo_label_plf", "con2r", "fixmatch", "fixmatch_plf", "dsp")
+# The baselines every method is compared with on the same seed.
+REFERENCES = ("unet", "fixmatch_plf")
 CPU_PROFILE = "configs/sweeps/cpu_study.yaml"
+DEFAULT_VARIANT = "default"
+# What each scenario sets (bundle config ids) and what it means.
+SCENARIOS = {
+    "mixed": ({"weak_types": ["tags", "boxes", "points"]}, "masks + tags, boxes and points in turn"),
+    "tags": ({"weak_types": ["tags"]}, "masks + tags"),
+    "boxes": ({"weak_types": ["boxes"]}, "masks + boxes"),
+    "points": ({"weak_types": ["points"]}, "masks + points"),
+    "none": ({"weak_types": []}, "masks + the other images unannotated (semi-supervised, no weak labels)"),
+    "masks": ({"training_types": ["mask"]}, "the masked images only (the other images left out of training)"),
+}
+SINGLE_TYPES = ("tags", "boxes", "points")
+# Figure 5 needs the DSP network at three points of training: 10 %, 50 % and 100 % of the iterations.
+SNAPSHOTS = ("$[max(1, @max_epochs * @iterations_per_epoch // 10), @max_epochs * @iterations_per_epoch // 2, "
+             "@max_epochs * @iterations_per_epoch]")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -57,9 +97,21 @@ CPU_PROFILE = "configs/sweeps/cpu_study.yaml"
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run_dir(root: Path, method: str, acr: int, seed: int) -> Path:
-    """The folder of one run."""
-    return root / method / f"acr{acr}" / f"seed{seed}"
+def run_dir(root: Path, variant: str, scenario: str, method: str, acr: int, seed: int) -> Path:
+    """The folder of one run of the study."""
+    return root / variant / scenario / method / f"acr{acr}" / f"seed{seed}"
+
+
+def ablation_dir(root: Path, name: str, acr: int, seed: int) -> Path:
+    """The folder of one run of an ablation variant."""
+    return root / name / f"acr{acr}" / f"seed{seed}"
+
+
+def run_overrides(scenario: str, method: str, shared: dict) -> dict:
+    """The bundle overrides of one run: the scenario's, DSP's snapshots, then the caller's (which win)."""
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
+    return {**SCENARIOS[scenario][0], **({"snapshot_iterations": SNAPSHOTS} if method == "dsp" else {}), **shared}
 
 
 def _yaml_value(value) -> str:
@@ -90,9 +142,22 @@ def _read_json(path: Path):
         return json.load(handle)
 
 
+def read_json_or_none(path: Path):
+    """The content of a JSON file, or None when it is missing or does not read back (a half-written file)."""
+    try:
+        return _read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
 def _training_finished(folder: Path) -> bool:
-    path = folder / "metrics.json"
-    return path.exists() and bool(_read_json(path).get("finished"))
+    metrics = read_json_or_none(folder / "metrics.json")
+    return isinstance(metrics, dict) and bool(metrics.get("finished"))
+
+
+def _test_metrics(folder: Path) -> dict | None:
+    test = read_json_or_none(folder / "test_metrics.json")
+    return test if isinstance(test, dict) and isinstance(test.get("dice"), dict) else None
 
 
 def _call(args: list[str], log: Path) -> None:
@@ -107,12 +172,38 @@ def _call(args: list[str], log: Path) -> None:
         raise RuntimeError(f"command failed with exit code {result.returncode}; log: {log}\n{tail}")
 
 
+def run_settings(configs: list[str], acr: int, seed: int, overrides: dict) -> dict:
+    """What defines a run (recorded in its ``run.json``), as it reads back from JSON."""
+    return json.loads(json.dumps({"configs": list(configs), "acr": acr, "seed": seed, "overrides": overrides}))
+
+
+def check_settings(folder: Path, settings: dict) -> None:
+    """Raises when ``folder/run.json`` records other settings than ``settings``.
+
+    Raises:
+        RuntimeError: naming the folder and both settings.
+    """
+    recorded = read_json_or_none(folder / "run.json")
+    if recorded is not None and recorded != settings:
+        raise RuntimeError(
+            f"{folder} holds a run with other settings: run.json has {recorded}, this command asks for {settings}. "
+            "Give this recipe its own --variant (or --root), or move the folder away to train it again."
+        )
+
+
 def execute(folder: Path, configs: list[str], acr: int, seed: int, overrides: dict) -> dict:
-    """Trains (or resumes) and test-evaluates one run unless its test_metrics.json exists; returns what it did."""
-    test_path = folder / "test_metrics.json"
-    if test_path.exists():
+    """Trains (or resumes) and test-evaluates one run unless its test_metrics.json reads back; returns what it did.
+
+    Raises:
+        RuntimeError: when the folder holds a run of other settings, or a bundle command fails (with its log's tail).
+    """
+    settings = run_settings(configs, acr, seed, overrides)
+    check_settings(folder, settings)
+    if _test_metrics(folder) is not None:
         return {"status": "skipped"}
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test_metrics.json").unlink(missing_ok=True)  # half-written by an interrupted evaluation
+    (folder / "run.json").write_text(json.dumps(settings, indent=1) + "\n")
     extra = write_overrides(folder, overrides)
     configs = [*configs, *([str(extra)] if extra else [])]
     started = time.perf_counter()
@@ -125,10 +216,10 @@ def execute(folder: Path, configs: list[str], acr: int, seed: int, overrides: di
 
 
 def load_result(folder: Path) -> dict | None:
-    """Validation and test Dice of a finished run, or None."""
-    if not (folder / "test_metrics.json").exists() or not (folder / "metrics.json").exists():
+    """Validation and test Dice of a finished run, or None (also for files that do not read back)."""
+    metrics, test = read_json_or_none(folder / "metrics.json"), _test_metrics(folder)
+    if test is None or not isinstance(metrics, dict):
         return None
-    metrics, test = _read_json(folder / "metrics.json"), _read_json(folder / "test_metrics.json")
     best = metrics.get("best_validation") or {}
     return {
         "test": test["dice"]["mean"],
@@ -141,7 +232,8 @@ def load_result(folder: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Aggregation (pure functions of the results, tested in tests/benchmarks/test_bench_accuracy.py)
+# Aggregation (pure functions of the results, tested in tests/benchmarks/test_bench_accuracy.py).
+# The study's results are {(variant, scenario, method, acr, seed): result dict of load_result}.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -163,50 +255,97 @@ def format_mean_std(values, scale: float = 100.0) -> str:
 
 
 def ordered_methods(methods) -> list[str]:
-    """The methods in the order U-Net, FixMatch + PLF, DSP, then any others alphabetically."""
-    known = [m for m in METHOD_ORDER if m in methods]
+    """The methods in the paper's order (:data:`PAPER_ORDER`: U-Net first, FixMatch + PLF and DSP last), then any
+    others alphabetically."""
+    known = [m for m in PAPER_ORDER if m in methods]
     return known + sorted(set(methods) - set(known))
 
 
-def summary_table(results: dict, key: str = "test") -> str:
-    """Markdown table: one row per method, one column per ACR, cells ``mean ± std (seeds)`` of ``key``, plus rows
-    of the paired per-seed differences between DSP and each other method.
+def _variants(results: dict) -> list[str]:
+    return list(dict.fromkeys(key[0] for key in results))
 
-    Args:
-        results: ``{(method, acr, seed): result dict of load_result}``.
-        key: ``"test"`` or ``"val"``.
-    """
-    methods = ordered_methods({m for m, _, _ in results})
-    acrs = sorted({a for _, a, _ in results})
-    rows = []
-    for method in methods:
-        cells = [format_mean_std([r[key] for (m, a, _), r in results.items() if m == method and a == acr])
-                 for acr in acrs]
-        rows.append([METHOD_LABELS.get(method, method), *cells])
-    if "dsp" in methods:
-        for other in methods:
-            if other == "dsp":
-                continue
-            cells = []
-            for acr in acrs:
-                seeds = sorted(s for m, a, s in results if m == "dsp" and a == acr and (other, acr, s) in results)
-                cells.append(format_mean_std([results["dsp", acr, s][key] - results[other, acr, s][key]
-                                              for s in seeds]))
-            rows.append([f"DSP − {METHOD_LABELS.get(other, other)} (paired)", *cells])
+
+def _label(method: str, variant: str, several: bool) -> str:
+    return METHOD_LABELS.get(method, method) + (f" [{variant}]" if several else "")
+
+
+def _rows(results: dict, scenario: str) -> list[tuple[str, str]]:
+    """The (method, variant) rows of a scenario: methods in the paper's order, each in the variants' order."""
+    present = {(k[2], k[0]) for k in results if k[1] == scenario}
+    return [(m, v) for m in ordered_methods({m for m, _ in present}) for v in _variants(results) if (m, v) in present]
+
+
+def _acrs(results: dict, scenario: str) -> list[int]:
+    return sorted({k[3] for k in results if k[1] == scenario})
+
+
+def _values(results: dict, variant: str, scenario: str, method: str, acr: int, key: str) -> dict:
+    """``{seed: value}`` of one cell."""
+    return {k[4]: r[key] for k, r in results.items() if k[:4] == (variant, scenario, method, acr)}
+
+
+def scenario_table(results: dict, scenario: str, key: str = "test") -> str:
+    """Markdown table of one scenario: one row per method (and variant, when several), one column per ACR, cells
+    ``mean ± std (seeds)`` of ``key`` (``"test"`` or ``"val"``) in percent."""
+    several = len(_variants(results)) > 1
+    acrs = _acrs(results, scenario)
+    rows = [[_label(m, v, several), *[format_mean_std(_values(results, v, scenario, m, a, key).values())
+                                      for a in acrs]] for m, v in _rows(results, scenario)]
     return common.table(["method", *[f"ACR {a}" for a in acrs]], rows)
 
 
-def per_class_table(results: dict) -> str:
-    """Markdown table of the test Dice per class (mean over the seeds where the class is in the test set)."""
-    methods = ordered_methods({m for m, _, _ in results})
-    acrs = sorted({a for _, a, _ in results})
-    classes = []
-    for result in results.values():
-        classes += [c for c in result["test_per_class"] if c not in classes]
+def paired_table(results: dict, scenario: str, key: str = "test") -> str:
+    """Markdown table of the paired differences (same seed: same split and masked images) of every method to the
+    U-Net and to FixMatch + PLF of the same variant; DSP also to the baselines of every other variant (the stronger
+    baseline is the honest one). Cells ``mean ± std (pairs)`` in percent points."""
+    several = len(_variants(results)) > 1
+    acrs = _acrs(results, scenario)
+    rows_present = _rows(results, scenario)
     rows = []
-    for acr in acrs:
-        for method in methods:
-            runs = [r for (m, a, _), r in results.items() if m == method and a == acr]
+    for reference in REFERENCES:
+        skip = REFERENCES[:REFERENCES.index(reference) + 1]
+        for method, variant in rows_present:
+            if method in skip:
+                continue
+            targets = [variant] + ([w for w in _variants(results) if w != variant] if method == "dsp" else [])
+            for target in targets:
+                if (reference, target) not in rows_present:
+                    continue
+                cells = []
+                for acr in acrs:
+                    mine = _values(results, variant, scenario, method, acr, key)
+                    theirs = _values(results, target, scenario, reference, acr, key)
+                    cells.append(format_mean_std([mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]))
+                rows.append([f"{_label(method, variant, several)} − {_label(reference, target, several)}", *cells])
+    return common.table(["paired difference", *[f"ACR {a}" for a in acrs]], rows) if rows else "(no pairs)"
+
+
+def seed_table(results: dict, scenario: str, key: str = "test") -> str:
+    """Markdown table of every run's ``key`` Dice of a scenario: rows ACR and method, one column per seed."""
+    several = len(_variants(results)) > 1
+    seeds = sorted({k[4] for k in results if k[1] == scenario})
+    rows = []
+    for acr in _acrs(results, scenario):
+        for method, variant in _rows(results, scenario):
+            values = _values(results, variant, scenario, method, acr, key)
+            if values:
+                rows.append([acr, _label(method, variant, several),
+                             *[f"{100 * values[s]:.1f}" if s in values else "-" for s in seeds]])
+    return common.table(["ACR", "method", *[f"seed {s}" for s in seeds]], rows)
+
+
+def per_class_table(results: dict, scenario: str) -> str:
+    """Markdown table of the test Dice per class of a scenario (mean over the seeds where the class is in the test
+    set; ``n/a`` where it never is) and the mean Dice."""
+    several = len(_variants(results)) > 1
+    classes = []
+    for key, result in results.items():
+        if key[1] == scenario:
+            classes += [c for c in result["test_per_class"] if c not in classes]
+    rows = []
+    for acr in _acrs(results, scenario):
+        for method, variant in _rows(results, scenario):
+            runs = [r for k, r in results.items() if k[:4] == (variant, scenario, method, acr)]
             if not runs:
                 continue
             cells = []
@@ -214,24 +353,37 @@ def per_class_table(results: dict) -> str:
                 mean, _, count = mean_std([r["test_per_class"].get(name) for r in runs])
                 cells.append(f"{100 * mean:.1f}" if count else "n/a")
             mean, _, _ = mean_std([r["test"] for r in runs])
-            rows.append([acr, METHOD_LABELS.get(method, method), *cells, f"**{100 * mean:.1f}**"])
+            rows.append([acr, _label(method, variant, several), *cells, f"**{100 * mean:.1f}**"])
     return common.table(["ACR", "method", *classes, "mean"], rows)
 
 
-def seed_table(results: dict, key: str = "test") -> str:
-    """Markdown table of every run's ``key`` Dice: rows method and ACR, one column per seed."""
-    methods = ordered_methods({m for m, _, _ in results})
-    acrs = sorted({a for _, a, _ in results})
-    seeds = sorted({s for _, _, s in results})
+def share_table(results: dict, base: str = "mixed", key: str = "test") -> str:
+    """Markdown table of the weak labels' own share: every method with runs in ``base`` and in ``masks`` or
+    ``none``, its Dice in each, and the paired differences ``base − masks`` / ``base − none`` (same seed, same masked
+    images). Empty string when there is no such method."""
+    several = len(_variants(results)) > 1
+    others = [s for s in ("masks", "none") if any(k[1] == s for k in results)]
+    present = [row for row in _rows(results, base) if any(row in _rows(results, s) for s in others)]
+    if not present:
+        return ""
+    acrs = sorted({k[3] for k in results if k[1] in (base, *others)})
     rows = []
-    for acr in acrs:
-        for method in methods:
-            if not any((method, acr, s) in results for s in seeds):
+    for method, variant in present:
+        label = _label(method, variant, several)
+        rows.append([label, base, *[format_mean_std(_values(results, variant, base, method, a, key).values())
+                                    for a in acrs]])
+        for other in others:
+            if (method, variant) not in _rows(results, other):
                 continue
-            rows.append([acr, METHOD_LABELS.get(method, method),
-                         *[f"{100 * results[method, acr, s][key]:.1f}" if (method, acr, s) in results else "-"
-                           for s in seeds]])
-    return common.table(["ACR", "method", *[f"seed {s}" for s in seeds]], rows)
+            rows.append([label, other, *[format_mean_std(_values(results, variant, other, method, a, key).values())
+                                         for a in acrs]])
+            cells = []
+            for acr in acrs:
+                full = _values(results, variant, base, method, acr, key)
+                less = _values(results, variant, other, method, acr, key)
+                cells.append(format_mean_std([full[s] - less[s] for s in sorted(set(full) & set(less))]))
+            rows.append([label, f"{base} − {other} (paired)", *cells])
+    return common.table(["method", "training set", *[f"ACR {a}" for a in acrs]], rows)
 
 
 def ablation_table(results: dict, variants: dict, reference: str | None = None) -> str:
@@ -269,25 +421,33 @@ def ablation_table(results: dict, variants: dict, reference: str | None = None) 
                          "val mean ± std (n)", f"Δ vs {reference} (paired)"], rows)
 
 
-def plot(results: dict, path: Path, title: str) -> None:
-    """Dice-versus-ACR plot: test mean Dice (mean over seeds, bars = std) per method on a log2 ACR axis."""
+def plot(results: dict, scenario: str, path: Path, title: str) -> None:
+    """Dice-versus-ACR plot of one scenario: test mean Dice per method (and variant: line style), mean over seeds
+    as a line, ± one standard deviation shaded, on a log2 ACR axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    styles = {"unet": ("tab:gray", "s"), "fixmatch_plf": ("tab:blue", "^"), "dsp": ("tab:red", "o")}
-    figure, axis = plt.subplots(figsize=(5.2, 3.8), dpi=120)
-    methods = ordered_methods({m for m, _, _ in results})
-    for index, method in enumerate(methods):
-        acrs = sorted({a for m, a, _ in results if m == method})
-        stats = [mean_std([r["test"] for (m, a, _), r in results.items() if m == method and a == acr])
-                 for acr in acrs]
-        colour, marker = styles.get(method, (None, "d"))
-        shift = 2.0 ** (0.06 * (index - (len(methods) - 1) / 2))  # side by side, so the error bars stay readable
-        axis.errorbar([a * shift for a in acrs], [100 * s[0] for s in stats], yerr=[100 * s[1] for s in stats],
-                      color=colour, marker=marker, capsize=3, linewidth=1.6, label=METHOD_LABELS.get(method, method))
-    acrs = sorted({a for _, a, _ in results})
+    colours = {"unet": "tab:gray", "fixmatch_plf": "tab:blue", "dsp": "tab:red"}
+    others = iter(["tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                   "black"])
+    styles = ["-", "--", ":", "-."]
+    variants = _variants(results)
+    figure, axis = plt.subplots(figsize=(5.6, 4.0), dpi=120)
+    for method, variant in _rows(results, scenario):
+        if method not in colours:
+            colours[method] = next(others, None)
+        acrs = [a for a in _acrs(results, scenario) if _values(results, variant, scenario, method, a, "test")]
+        stats = [mean_std(_values(results, variant, scenario, method, a, "test").values()) for a in acrs]
+        mean = [100 * s[0] for s in stats]
+        std = [100 * s[1] for s in stats]
+        line, = axis.plot(acrs, mean, color=colours[method], linestyle=styles[variants.index(variant) % len(styles)],
+                          marker="o", markersize=3.5, linewidth=1.6,
+                          label=_label(method, variant, len(variants) > 1))
+        axis.fill_between(acrs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                          color=line.get_color(), alpha=0.15, linewidth=0)
+    acrs = _acrs(results, scenario)
     axis.set_xscale("log", base=2)
     axis.set_xticks(acrs)
     axis.set_xticklabels([str(a) for a in acrs])
@@ -295,10 +455,82 @@ def plot(results: dict, path: Path, title: str) -> None:
     axis.set_ylabel("test mean Dice (%)")
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def plot_path(scenario: str, profile: str) -> Path:
+    """benchmarks/accuracy_vs_acr[_<scenario>][_gpu].png (the mixed scenario without the scenario's name)."""
+    name = "accuracy_vs_acr" + ("" if scenario == "mixed" else f"_{scenario}") + ("" if profile == "cpu" else "_gpu")
+    return REPO / "benchmarks" / f"{name}.png"
+
+
+def figure_paths(profile: str) -> dict:
+    """The paths of Figures 4 and 5 of a profile."""
+    suffix = "" if profile == "cpu" else "_gpu"
+    return {"figure4": REPO / "benchmarks" / f"figure4_predictions{suffix}.png",
+            "figure5": REPO / "benchmarks" / f"figure5_tsne{suffix}.png"}
+
+
+def report(results: dict, profile: str, header: str, plots: dict | None = None, figures: dict | None = None) -> str:
+    """The Markdown section of the study: Table 3 (mixed), Table 2 (one block per single weak type), the other
+    scenarios, the weak labels' own share, then per seed, validation and per class.
+
+    Args:
+        results: ``{(variant, scenario, method, acr, seed): result}``.
+        profile: ``"cpu"`` or ``"gpu"``.
+        header: the machine / settings / command paragraph.
+        plots: ``{scenario: plot file name}`` to link.
+        figures: ``{"figure4" | "figure5": file name}`` to link.
+    """
+    plots, figures = plots or {}, figures or {}
+    scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
+
+    def block(scenario: str) -> str:
+        text = scenario_table(results, scenario) + "\n\nPaired differences (percent points):\n\n"
+        text += paired_table(results, scenario) + "\n"
+        if scenario in plots:
+            text += f"\n![Dice versus ACR, {scenario}]({plots[scenario]})\n"
+        return text
+
+    parts = [
+        f"## Accuracy versus annotation compression rate ({profile})\n\n", header,
+        "Test mean Dice (%) over the classes present in the test split, of the best-validation checkpoint; mean ± "
+        "sample std over seeds (number of seeds). The seed draws the cross-sub-volume split and the images that keep "
+        "masks, so each seed is a different experiment and the paired rows compare methods on the same one (mean ± "
+        "std of the per-seed differences). All methods train for the same number of iterations. A method that cannot "
+        "use a weak type leaves those images out (docs/methods.md). Scenarios: "
+        + "; ".join(f"`{s}` {SCENARIOS[s][1]}" for s in scenarios) + ".\n\n",
+    ]
+    if "mixed" in scenarios:
+        parts.append("### Table 3: masks + mixed weak labels\n\n" + block("mixed") + "\n")
+    singles = [s for s in SINGLE_TYPES if s in scenarios]
+    if singles:
+        parts.append("### Table 2: masks + one weak type\n\n")
+        parts += [f"#### {SCENARIOS[s][1]} (`{s}`)\n\n" + block(s) + "\n" for s in singles]
+    for scenario in ("none", "masks"):
+        if scenario in scenarios:
+            parts.append(f"### {SCENARIOS[scenario][1]} (`{scenario}`)\n\n" + block(scenario) + "\n")
+    share = share_table(results)
+    if share:
+        parts.append(
+            "### The weak labels' own share\n\n`mixed − masks`: what the images without masks add, with their weak"
+            " labels (same masked images, same iterations); `mixed − none`: what the weak labels add over the same"
+            " images unannotated.\n\n" + share + "\n\n")
+    for name, title in (("figure4", "Figure 4: test images, ground truth and predictions"),
+                        ("figure5", "Figure 5: t-SNE of the DSP prototypes and pixel embeddings")):
+        if name in figures:
+            parts.append(f"### {title}\n\n![{title}]({figures[name]})\n\n")
+    parts.append("### Details\n\n")
+    for scenario in scenarios:
+        parts.append(f"Per-seed test mean Dice (%), `{scenario}`:\n\n" + seed_table(results, scenario) + "\n\n")
+        parts.append(f"Best validation mean Dice (%), the model-selection criterion, `{scenario}`:\n\n"
+                     + scenario_table(results, scenario, "val") + "\n\n")
+        parts.append(f"Test Dice per class (%), mean over seeds, `{scenario}`:\n\n"
+                     + per_class_table(results, scenario) + "\n\n")
+    return "".join(parts).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -339,24 +571,32 @@ def reproduce_command(argv=None) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=["dsp", "unet"],
-                        help="method files of configs/methods (default: dsp unet; also fixmatch_plf)")
+                        help="method files of configs/methods (default: dsp unet)")
+    parser.add_argument("--scenarios", nargs="+", default=["mixed"], choices=list(SCENARIOS),
+                        help="annotation scenarios (default: mixed)")
     parser.add_argument("--acrs", nargs="+", type=int, default=[1, 32], help="ACRs (default: 1 32)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    parser.add_argument("--variant", nargs="+", default=[DEFAULT_VARIANT], metavar="NAME",
+                        help="the recipe's name, a run-folder level (default: default); several names with "
+                             "--report-only or --figures (the first) only")
     parser.add_argument("--config", action="append", default=[],
-                        help="extra config file(s) after the method file (repeatable)")
+                        help="extra config file(s) after the method file and the profile (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="ID=VALUE",
                         help="bundle config override for every run, VALUE in YAML (repeatable)")
     parser.add_argument("--note", default="", help="free text written under the command in RESULTS.md")
     parser.add_argument("--root", default=None,
-                        help="output root (default: runs/accuracy/<profile>, or runs/ablation/<profile>)")
+                        help="output root (default: runs/study/<profile>, or runs/ablation/<profile>)")
     parser.add_argument("--gpu", action="store_true",
                         help="the paper-size profile of a GPU machine (needs CUDA; no CPU study overlay)")
     parser.add_argument("--ablation", default=None, metavar="FILE",
                         help="train the variants of FILE with the DSP method and report validation Dice")
     parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
                         help="with --ablation: run only these variants of FILE (default: all)")
-    parser.add_argument("--report-only", action="store_true", help="no training: tables and plot of finished runs")
-    parser.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md and the plot")
+    parser.add_argument("--report-only", action="store_true", help="no training: tables and plots of finished runs")
+    parser.add_argument("--figures", action="store_true",
+                        help="no training, no tables: Figures 4 and 5 from the finished runs of the first variant "
+                             "and scenario, at the largest ACR and the first seed")
+    parser.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md and the plots")
     return parser.parse_args(argv)
 
 
@@ -372,6 +612,74 @@ def _overrides(pairs) -> dict:
     return overrides
 
 
+def plan_study(args, root: Path, configs_extra: list[str], shared: dict) -> list:
+    """The runs of the study: ``(key, folder, configs, acr, seed, overrides)`` with key ``(variant, scenario,
+    method, acr, seed)``, in the order ACR, seed, variant, scenario, method (so a partial study is paired early).
+
+    Raises:
+        SystemExit: for a method without a file in configs/methods.
+    """
+    plan = []
+    for method in args.methods:
+        if not (REPO / "configs" / "methods" / f"{method}.yaml").exists():
+            raise SystemExit(f"unknown method {method!r}: configs/methods/{method}.yaml does not exist")
+    for acr in args.acrs:
+        for seed in args.seeds:
+            for variant in args.variant:
+                for scenario in args.scenarios:
+                    for method in ordered_methods(args.methods):
+                        plan.append(((variant, scenario, method, acr, seed),
+                                     run_dir(root, variant, scenario, method, acr, seed),
+                                     ["bundle/configs/train.yaml", f"configs/methods/{method}.yaml", *configs_extra],
+                                     acr, seed, run_overrides(scenario, method, shared)))
+    return plan
+
+
+def plan_ablation(args, root: Path, configs_extra: list[str], shared: dict, variants: dict) -> list:
+    """The runs of an ablation: key ``(name, acr, seed)``, the DSP method with each variant's overrides."""
+    return [((name, acr, seed), ablation_dir(root, name, acr, seed),
+             ["bundle/configs/train.yaml", "configs/methods/dsp.yaml", *configs_extra], acr, seed,
+             {**shared, **(variant.get("overrides") or {})})
+            for acr in args.acrs for seed in args.seeds for name, variant in variants.items()]
+
+
+def variant_settings(results: dict, root: Path) -> str:
+    """One line per variant of the results: its config files and overrides, as its runs recorded them."""
+    lines = []
+    for variant in _variants(results):
+        key = next(k for k in results if k[0] == variant)
+        recorded = read_json_or_none(run_dir(root, *key) / "run.json")
+        if not isinstance(recorded, dict):
+            lines.append(f"- `{variant}`: settings not recorded (no run.json in {run_dir(root, *key)})")
+            continue
+        shared = {k: v for k, v in (recorded.get("overrides") or {}).items()
+                  if k not in SCENARIOS[key[1]][0] and k != "snapshot_iterations"}
+        lines.append(f"- `{variant}`: configs {', '.join(recorded['configs'][2:]) or 'none'} after the "
+                     f"method file" + (f"; overrides {shared}" if shared else "; no overrides"))
+    return "Variants (settings as recorded in each run's run.json):\n\n" + "\n".join(lines) + "\n\n"
+
+
+def build_figures(args, root: Path, profile: str) -> int:
+    """Figures 4 and 5 from finished runs (``--figures``)."""
+    import study_figures
+
+    variant, scenario, acr, seed = args.variant[0], args.scenarios[0], max(args.acrs), args.seeds[0]
+    panels = [(METHOD_LABELS.get(m, m), run_dir(root, variant, scenario, m, acr, seed))
+              for m in ordered_methods(args.methods)]
+    missing = [str(folder) for _, folder in panels if load_result(folder) is None]
+    if missing:
+        raise SystemExit(f"--figures needs finished runs; not finished: {missing}")
+    paths = figure_paths(profile)
+    study_figures.figure4(panels, paths["figure4"],
+                          title=f"{SCENARIOS[scenario][1]}, ACR {acr}, seed {seed}, variant {variant}")
+    print(f"Figure 4: {paths['figure4']}")
+    dsp = run_dir(root, variant, scenario, "dsp", acr, seed)
+    if "dsp" in args.methods:
+        study_figures.figure5(dsp, paths["figure5"], title=f"DSP, {SCENARIOS[scenario][1]}, ACR {acr}, seed {seed}")
+        print(f"Figure 5: {paths['figure5']}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     profile = "gpu" if args.gpu else "cpu"
@@ -380,42 +688,31 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             raise SystemExit("--gpu needs a CUDA GPU; none is visible (leave --gpu out for the CPU study profile)")
+    if len(args.variant) > 1 and not (args.report_only or args.figures):
+        raise SystemExit("--variant: several names only with --report-only or --figures (a variant's settings are "
+                         "the --config / --set of its own command)")
     configs_extra = ([] if args.gpu else [CPU_PROFILE]) + list(args.config)
     shared = _overrides(args.set)
-    kind = "ablation" if args.ablation else "accuracy"
+    kind = "ablation" if args.ablation else "study"
     root = Path(args.root) if args.root else REPO / "runs" / kind / profile
+    if args.figures:
+        return build_figures(args, root, profile)
     variants = load_variants(args.ablation) if args.ablation else None
     if variants and args.variants:
         unknown = sorted(set(args.variants) - set(variants))
         if unknown:
             raise SystemExit(f"--variants: {unknown} not in {args.ablation} (it has {list(variants)})")
         variants = {name: variant for name, variant in variants.items() if name in args.variants}
-
-    plan = []  # (key, folder, configs, acr, seed, overrides)
-    if variants:
-        for acr in args.acrs:
-            for seed in args.seeds:
-                for name, variant in variants.items():
-                    plan.append(((name, acr, seed), run_dir(root, name, acr, seed),
-                                 ["bundle/configs/train.yaml", "configs/methods/dsp.yaml", *configs_extra],
-                                 acr, seed, {**shared, **(variant.get("overrides") or {})}))
-    else:
-        for acr in args.acrs:
-            for seed in args.seeds:
-                for method in ordered_methods(args.methods):
-                    method_file = REPO / "configs" / "methods" / f"{method}.yaml"
-                    if not method_file.exists():
-                        raise SystemExit(f"unknown method {method!r}: {method_file} does not exist")
-                    plan.append(((method, acr, seed), run_dir(root, method, acr, seed),
-                                 ["bundle/configs/train.yaml", f"configs/methods/{method}.yaml", *configs_extra],
-                                 acr, seed, shared))
+    plan = (plan_ablation(args, root, configs_extra, shared, variants) if variants
+            else plan_study(args, root, configs_extra, shared))
 
     results = {}
     started = time.perf_counter()
     for index, (key, folder, configs, acr, seed, overrides) in enumerate(plan, 1):
-        label = f"[{index}/{len(plan)}] {key[0]} ACR {acr} seed {seed}"
+        label = f"[{index}/{len(plan)}] {' '.join(str(part) for part in key[:-2])} ACR {acr} seed {seed}"
+        outcome = {"status": "skipped"}
         if not args.report_only:
-            if not (folder / "test_metrics.json").exists():
+            if load_result(folder) is None:
                 print(f"{label}: training in {folder} ...", flush=True)
             outcome = execute(folder, configs, acr, seed, overrides)
         result = load_result(folder)
@@ -423,23 +720,22 @@ def main(argv=None) -> int:
             print(f"{label}: no finished result", flush=True)
             continue
         results[key] = result
-        timing = "" if args.report_only or outcome["status"] == "skipped" else f", {outcome['total_s']:.0f} s"
+        timing = "" if outcome["status"] == "skipped" else f", {outcome['total_s']:.0f} s"
         print(f"{label}: val {100 * result['val']:.1f}, test {100 * result['test']:.1f} Dice "
-              f"({'done before' if args.report_only or outcome['status'] == 'skipped' else 'ran'}{timing}; "
+              f"({'done before' if outcome['status'] == 'skipped' else 'ran'}{timing}; "
               f"elapsed {time.perf_counter() - started:.0f} s)", flush=True)
 
     if not results:
         print("nothing finished yet: no tables written")
         return 0
-    header = (
-        f"Machine: {common.machine()}. Profile: {profile} "
-        f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}); configs after the method file: "
-        f"{', '.join(configs_extra) or 'none'}"
-        + (f"; overrides {shared}" if shared else "") + ".\n\n"
-        f"Command (resumable; `--report-only` rebuilds the tables from finished runs): `{reproduce_command()}`\n\n"
-        + (f"{args.note}\n\n" if args.note else "")
-    )
+    command = (f"Command (resumable; `--report-only` rebuilds the tables from finished runs): "
+               f"`{reproduce_command()}`\n\n" + (f"{args.note}\n\n" if args.note else ""))
     if variants:
+        header = (
+            f"Machine: {common.machine()}. Profile: {profile} "
+            f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}); configs after the method file: "
+            f"{', '.join(configs_extra) or 'none'}" + (f"; overrides {shared}" if shared else "") + ".\n\n" + command
+        )
         markdown = (
             f"## Ablation `{Path(args.ablation).stem}` (validation mean Dice, %)\n\n" + header
             + "Every variant is configs/methods/dsp.yaml with the listed bundle overrides (`lambda_dsp=0` makes it"
@@ -452,24 +748,17 @@ def main(argv=None) -> int:
         if not args.no_write:
             common.write_section(Path(args.ablation).stem, markdown)
         return 0
-    plot_path = REPO / "benchmarks" / ("accuracy_vs_acr.png" if profile == "cpu" else "accuracy_vs_acr_gpu.png")
-    markdown = (
-        f"## Accuracy versus annotation compression rate ({profile})\n\n" + header
-        + "Test mean Dice (%) over the classes present in the test split, of the best-validation checkpoint; mean ±"
-        " sample std over seeds (number of seeds). The seed draws the cross-sub-volume split and the images that keep"
-        " masks, so each seed is a different experiment and the paired rows compare methods on the same one. All"
-        " methods train for the same number of iterations. The U-Net learns from the masked images only; FixMatch +"
-        " PLF also uses the weak annotations (tags, boxes, points) of the other images, through the filtering of its"
-        " pseudo-labels; DSP uses them through the filtering and the DSP loss.\n\n"
-        + summary_table(results, "test") + "\n\n"
-        + f"![Dice versus ACR]({plot_path.name})\n\n"
-        + "Per-seed test mean Dice (%):\n\n" + seed_table(results, "test") + "\n\n"
-        + "Best validation mean Dice (%), the model-selection criterion:\n\n" + summary_table(results, "val") + "\n\n"
-        + "Test Dice per class (%), mean over seeds:\n\n" + per_class_table(results) + "\n"
-    )
+    header = (f"Machine: {common.machine()}. Profile: {profile} "
+              f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}).\n\n" + command + variant_settings(results, root))
+    scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
+    plots = {s: plot_path(s, profile).name for s in scenarios}
+    figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}
+    markdown = report(results, profile, header, plots, figures)
     print(markdown)
     if not args.no_write:
-        plot(results, plot_path, f"synthetic FIB-SEM, {profile} profile, mean ± std over seeds")
+        for scenario in scenarios:
+            plot(results, scenario, plot_path(scenario, profile),
+                 f"synthetic FIB-SEM, {SCENARIOS[scenario][1]}, {profile} profile, mean ± std over seeds")
         common.write_section(f"accuracy-{profile}", markdown)
     return 0
 

@@ -924,6 +924,16 @@ CLASS_COLOURS = {
 """Overlay colours of the contact sheet (other classes get tab20 colours)."""
 
 
+def class_colours(class_names: Sequence[str]) -> np.ndarray:
+    """The fixed RGB colours (C, 3), values in [0, 1], of a class table: :data:`CLASS_COLOURS` by name, matplotlib's
+    tab20 colour of the class index for the other names (the contact sheet and the benchmark figures use them)."""
+    import matplotlib
+
+    fallback = matplotlib.colormaps["tab20"](np.arange(20))[:, :3]
+    return np.array([CLASS_COLOURS.get(name, fallback[index % 20]) for index, name in enumerate(class_names)],
+                    dtype=np.float64).reshape(len(class_names), 3)
+
+
 def _contact_sheet(path, tiles, class_names, lut):
     """PNG grid: for each crop its middle z-slice, raw and with a coloured label overlay, and a legend."""
     import matplotlib
@@ -932,11 +942,9 @@ def _contact_sheet(path, tiles, class_names, lut):
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    fallback = plt.get_cmap("tab20")(np.arange(20))[:, :3]
     palette = np.zeros((256, 3))
     opacity = np.full(256, 0.45)
-    for index, name in enumerate(class_names):
-        palette[index] = CLASS_COLOURS.get(name, fallback[index % 20])
+    palette[:len(class_names)] = class_colours(class_names)
     if "cytosol" in class_names:
         opacity[class_names.index("cytosol")] = 0.15
     cols = 4

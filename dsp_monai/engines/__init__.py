@@ -12,7 +12,7 @@
 
 import os
 
-from .checkpoints import CrashSafeCheckpointSaver, ResumeFromCheckpoint
+from .checkpoints import CrashSafeCheckpointSaver, IterationSnapshots, ResumeFromCheckpoint
 from .handlers import (
     EMAUpdate,
     EpochSeeder,
@@ -33,6 +33,7 @@ __all__ = [
     "EMAUpdate",
     "EpochSeeder",
     "IntervalValidation",
+    "IterationSnapshots",
     "MethodTrainer",
     "PredictionOverlays",
     "ProgressBar",

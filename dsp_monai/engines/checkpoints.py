@@ -21,12 +21,12 @@ from pathlib import Path
 
 import ignite.distributed as idist
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-__all__ = ["AtomicDiskSaver", "CrashSafeCheckpointSaver", "ResumeFromCheckpoint", "checkpoint_problem",
-           "saved_checkpoints"]
+__all__ = ["AtomicDiskSaver", "CrashSafeCheckpointSaver", "IterationSnapshots", "ResumeFromCheckpoint",
+           "checkpoint_problem", "saved_checkpoints"]
 
 logger = logging.getLogger(__name__)
 
@@ -223,3 +223,44 @@ class ResumeFromCheckpoint(CheckpointLoader):
                 "away to train from the beginning, or restore a checkpoint from a backup."
             )
         self.logger.info(f"no checkpoint in {self.checkpoint_dir}: training starts at epoch 1")
+
+
+class IterationSnapshots:
+    """Writes the state of ``save_dict`` after each of the given training iterations (1-based, counted over the
+    whole run) to ``save_dir/<name>_iteration=<n>.pt``, atomically (:class:`AtomicDiskSaver`); opt-in snapshots for
+    looking at the embedding space at chosen points of training (``snapshot_iterations`` of the bundle).
+
+    A resumed run writes the snapshots of the iterations it still runs; those written before stay.
+
+    Args:
+        save_dir: the folder of the snapshots (created when missing).
+        save_dict: ``{name: object with state_dict()}``; one object is saved as its state dict, several as a dict
+            of state dicts (the name of the file is ``checkpoint`` then).
+        iterations: the iterations after which to write, positive integers.
+
+    Raises:
+        ValueError: for an empty or non-positive iteration list, or an empty ``save_dict``.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, iterations) -> None:
+        numbers = sorted({int(i) for i in iterations}) if iterations is not None else []
+        if not numbers or numbers[0] < 1 or any(int(i) != i for i in iterations):
+            raise ValueError(f"IterationSnapshots: iterations must be positive integers; got {iterations!r}")
+        if not save_dict:
+            raise ValueError("IterationSnapshots: save_dict is empty; give {name: object} to save")
+        self.save_dir, self.save_dict, self.iterations = save_dir, dict(save_dict), set(numbers)
+        self.name = next(iter(self.save_dict)) if len(self.save_dict) == 1 else "checkpoint"
+        self._saver: AtomicDiskSaver | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(event_filter=lambda _, n: n in self.iterations), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self._saver is None:
+            self._saver = AtomicDiskSaver(self.save_dir)
+        states = {name: item.state_dict() for name, item in self.save_dict.items()}
+        content = next(iter(states.values())) if len(states) == 1 else states
+        filename = f"{self.name}_iteration={engine.state.iteration}.pt"
+        self._saver(content, filename)
+        logger.info("snapshot of iteration %d written to %s", engine.state.iteration,
+                    os.path.join(self.save_dir, filename))
