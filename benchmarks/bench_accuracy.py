@@ -421,9 +421,10 @@ def ablation_table(results: dict, variants: dict, reference: str | None = None) 
                          "val mean ± std (n)", f"Δ vs {reference} (paired)"], rows)
 
 
-def plot(results: dict, scenario: str, path: Path, title: str) -> None:
+def plot(results: dict, scenario: str, path: Path, title: str) -> dict:
     """Dice-versus-ACR plot of one scenario: test mean Dice per method (and variant: line style), mean over seeds
-    as a line, ± one standard deviation shaded, on a log2 ACR axis."""
+    as a line, ± one standard deviation shaded, on a log2 ACR axis. Returns what it drew: ``{line label: (ACRs,
+    means, stds)}`` in percent."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,6 +435,7 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> None:
                    "black"])
     styles = ["-", "--", ":", "-."]
     variants = _variants(results)
+    drawn = {}
     figure, axis = plt.subplots(figsize=(5.6, 4.0), dpi=120)
     for method, variant in _rows(results, scenario):
         if method not in colours:
@@ -447,6 +449,7 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> None:
                           label=_label(method, variant, len(variants) > 1))
         axis.fill_between(acrs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
                           color=line.get_color(), alpha=0.15, linewidth=0)
+        drawn[line.get_label()] = (acrs, mean, std)
     acrs = _acrs(results, scenario)
     axis.set_xscale("log", base=2)
     axis.set_xticks(acrs)
@@ -459,6 +462,7 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> None:
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+    return drawn
 
 
 def plot_path(scenario: str, profile: str) -> Path:

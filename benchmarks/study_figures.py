@@ -52,15 +52,17 @@ def _load_weights(network: torch.nn.Module, path: Path, device) -> None:
 
 
 def segment_test_images(folder: Path, count: int) -> dict:
-    """The first ``count`` test images of a run, their labels and the run's predictions (best-validation model,
-    through the run's validation inferer): ``{"ids", "images", "labels", "predictions", "class_names"}``, 2D
+    """``count`` test images of a run (spread evenly over its test split, all of them when ``count`` is at least
+    their number), their labels and the run's predictions (best-validation model, through the run's validation
+    inferer): ``{"ids", "images", "labels", "predictions", "class_names"}``, 2D
     arrays."""
     parser = load_run_config(folder)
     device = parser.get_parsed_content("device")
     network = parser.get_parsed_content("segmentation_network")
     _load_weights(network, Path(folder) / "models" / "model.pt", device)
     network.eval()
-    items = parser.get_parsed_content("experiment")["test"][:count]
+    test = parser.get_parsed_content("experiment")["test"]
+    items = [test[i] for i in np.unique(np.linspace(0, len(test) - 1, min(count, len(test))).round().astype(int))]
     transform = parser.get_parsed_content("validate#preprocessing")
     inferer = parser.get_parsed_content("validate#inferer")
     out = {"ids": [], "images": [], "labels": [], "predictions": [],
@@ -89,7 +91,7 @@ def colour_labels(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, al
 
 
 def figure4(panels, path: Path, count: int = 3, title: str = "") -> None:
-    """Figure 4: one row per test image (the first ``count`` of the split), columns image, ground truth and each
+    """Figure 4: one row per test image (``count`` spread over the test split), columns image, ground truth and each
     run's prediction.
 
     Args:

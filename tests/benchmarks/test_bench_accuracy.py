@@ -1,4 +1,5 @@
-"""The aggregation and bookkeeping of benchmarks/bench_accuracy.py on fake results (no training)."""
+"""The aggregation and bookkeeping of benchmarks/bench_accuracy.py on fake results and fake run folders (no
+training): tables in the paper's layout, paired differences, per class, plots, resume."""
 
 import importlib.util
 import json
@@ -8,14 +9,19 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_accuracy.py"
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+BENCH = BENCHMARKS / "bench_accuracy.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
     return module
 
 
@@ -37,39 +43,109 @@ def test_mean_std_skips_missing_values_and_uses_the_sample_deviation(bench):
     assert bench.format_mean_std([]) == "-"
 
 
-def test_summary_table_orders_methods_and_pairs_differences_by_seed(bench):
+# One variant, the mixed scenario: keys (variant, scenario, method, acr, seed).
+MIXED = {
+    ("default", "mixed", "dsp", 32, 0): fake(0.60), ("default", "mixed", "dsp", 32, 1): fake(0.50),
+    ("default", "mixed", "dsp", 1, 0): fake(0.80),
+    ("default", "mixed", "unet", 32, 0): fake(0.40), ("default", "mixed", "unet", 32, 1): fake(0.45),
+    ("default", "mixed", "unet", 1, 0): fake(0.79),
+    ("default", "mixed", "fixmatch_plf", 32, 0): fake(0.55),
+    ("default", "mixed", "cls_branch", 32, 1): fake(0.30),
+}
+
+
+def test_scenario_table_in_the_paper_order_with_mean_std_and_count(bench):
+    assert bench.scenario_table(MIXED, "mixed") == (
+        "| method | ACR 1 | ACR 32 |\n|---|---|---|\n"
+        "| U-Net (masks only) | 79.0 ± 0.0 (1) | 42.5 ± 3.5 (2) |\n"
+        "| Classification branch | - | 30.0 ± 0.0 (1) |\n"
+        "| FixMatch + PLF | - | 55.0 ± 0.0 (1) |\n"
+        "| DSP | 80.0 ± 0.0 (1) | 55.0 ± 7.1 (2) |"
+    )
+
+
+def test_paired_differences_to_the_unet_and_to_fixmatch_plf_by_seed(bench):
+    rows = rows_of(bench.paired_table(MIXED, "mixed"))
+    assert rows == [
+        # classification branch - U-Net on seed 1: 30 - 45
+        ["Classification branch − U-Net (masks only)", "-", "-15.0 ± 0.0 (1)"],
+        ["FixMatch + PLF − U-Net (masks only)", "-", "15.0 ± 0.0 (1)"],
+        # DSP - U-Net: ACR 1 seed 0: 1; ACR 32: 20 and 5
+        ["DSP − U-Net (masks only)", "1.0 ± 0.0 (1)", "12.5 ± 10.6 (2)"],
+        # FixMatch + PLF has seed 0 only; the classification branch seed 1 only: no pair
+        ["Classification branch − FixMatch + PLF", "-", "-"],
+        ["DSP − FixMatch + PLF", "-", "5.0 ± 0.0 (1)"],
+    ]
+
+
+def test_variants_side_by_side_and_dsp_against_every_variants_baseline(bench):
     results = {
-        ("dsp", 32, 0): fake(0.60), ("dsp", 32, 1): fake(0.50), ("dsp", 1, 0): fake(0.80),
-        ("unet", 32, 0): fake(0.40), ("unet", 32, 1): fake(0.45), ("unet", 1, 0): fake(0.79),
-        ("fixmatch_plf", 32, 0): fake(0.55),
+        ("ce", "boxes", "unet", 8, 0): fake(0.40), ("ce", "boxes", "unet", 8, 1): fake(0.50),
+        ("ce", "boxes", "dsp", 8, 0): fake(0.60), ("ce", "boxes", "dsp", 8, 1): fake(0.62),
+        ("ce_dice", "boxes", "unet", 8, 0): fake(0.55), ("ce_dice", "boxes", "unet", 8, 1): fake(0.57),
+        ("ce_dice", "boxes", "dsp", 8, 0): fake(0.61),
     }
-    rows = rows_of(bench.summary_table(results))
-    assert [r[0] for r in rows] == ["U-Net (masks only)", "FixMatch + PLF", "DSP",
-                                    "DSP − U-Net (masks only) (paired)", "DSP − FixMatch + PLF (paired)"]
-    assert rows[0][1:] == ["79.0 ± 0.0 (1)", "42.5 ± 3.5 (2)"]
-    assert rows[2][2] == "55.0 ± 7.1 (2)"
-    # DSP - U-Net at ACR 32 per seed: 20 and 5 points.
-    assert rows[3][2] == "12.5 ± 10.6 (2)"
-    # FixMatch has seed 0 only: one pair; at ACR 1 none.
-    assert rows[4][1:] == ["-", "5.0 ± 0.0 (1)"]
+    assert rows_of(bench.scenario_table(results, "boxes")) == [
+        ["U-Net (masks only) [ce]", "45.0 ± 7.1 (2)"], ["U-Net (masks only) [ce_dice]", "56.0 ± 1.4 (2)"],
+        ["DSP [ce]", "61.0 ± 1.4 (2)"], ["DSP [ce_dice]", "61.0 ± 0.0 (1)"]]
+    assert rows_of(bench.paired_table(results, "boxes")) == [
+        ["DSP [ce] − U-Net (masks only) [ce]", "16.0 ± 5.7 (2)"],       # 20, 12
+        ["DSP [ce] − U-Net (masks only) [ce_dice]", "5.0 ± 0.0 (2)"],   # 5, 5: the stronger baseline
+        ["DSP [ce_dice] − U-Net (masks only) [ce_dice]", "6.0 ± 0.0 (1)"],
+        ["DSP [ce_dice] − U-Net (masks only) [ce]", "21.0 ± 0.0 (1)"],
+    ]
+
+
+def test_share_table_pairs_all_items_with_masked_items_only_and_no_weak_labels(bench):
+    results = {
+        ("default", "mixed", "dsp", 8, 0): fake(0.60), ("default", "mixed", "dsp", 8, 1): fake(0.50),
+        ("default", "masks", "dsp", 8, 0): fake(0.52), ("default", "masks", "dsp", 8, 1): fake(0.46),
+        ("default", "none", "dsp", 8, 1): fake(0.49),
+        ("default", "mixed", "unet", 8, 0): fake(0.40),
+    }
+    assert rows_of(bench.share_table(results)) == [
+        ["DSP", "mixed", "55.0 ± 7.1 (2)"],
+        ["DSP", "masks", "49.0 ± 4.2 (2)"],
+        ["DSP", "mixed − masks (paired)", "6.0 ± 2.8 (2)"],   # 8, 4
+        ["DSP", "none", "49.0 ± 0.0 (1)"],
+        ["DSP", "mixed − none (paired)", "1.0 ± 0.0 (1)"],
+    ]
+    assert bench.share_table(MIXED) == ""
 
 
 def test_per_class_table_averages_where_the_class_is_present(bench):
     results = {
-        ("unet", 8, 0): fake(0.4, per_class={"mito": 0.5, "vesicle": None}),
-        ("unet", 8, 1): fake(0.6, per_class={"mito": 0.7, "vesicle": 0.2}),
-        ("dsp", 8, 0): fake(0.5, per_class={"mito": 0.6, "vesicle": None}),
+        ("v", "tags", "unet", 8, 0): fake(0.4, per_class={"mito": 0.5, "vesicle": None}),
+        ("v", "tags", "unet", 8, 1): fake(0.6, per_class={"mito": 0.7, "vesicle": 0.2}),
+        ("v", "tags", "dsp", 8, 0): fake(0.5, per_class={"mito": 0.6, "vesicle": None}),
+        ("v", "mixed", "dsp", 8, 0): fake(0.9, per_class={"er": 0.9}),
     }
-    rows = rows_of(bench.per_class_table(results))
-    assert rows[0] == ["8", "U-Net (masks only)", "60.0", "20.0", "**50.0**"]
-    assert rows[1] == ["8", "DSP", "60.0", "n/a", "**50.0**"]
+    rows = rows_of(bench.per_class_table(results, "tags"))
+    assert rows == [["8", "U-Net (masks only)", "60.0", "20.0", "**50.0**"],
+                    ["8", "DSP", "60.0", "n/a", "**50.0**"]]
 
 
 def test_seed_table_marks_missing_runs(bench):
-    results = {("unet", 32, 0): fake(0.4), ("unet", 32, 2): fake(0.5)}
-    assert rows_of(bench.seed_table(results)) == [["32", "U-Net (masks only)", "40.0", "50.0"]]
-    results[("dsp", 32, 2)] = fake(0.6)
-    assert rows_of(bench.seed_table(results))[1] == ["32", "DSP", "-", "60.0"]
+    results = {("v", "mixed", "unet", 32, 0): fake(0.4), ("v", "mixed", "unet", 32, 2): fake(0.5)}
+    assert rows_of(bench.seed_table(results, "mixed")) == [["32", "U-Net (masks only)", "40.0", "50.0"]]
+    results[("v", "mixed", "dsp", 32, 2)] = fake(0.6)
+    assert rows_of(bench.seed_table(results, "mixed"))[1] == ["32", "DSP", "-", "60.0"]
+
+
+def test_report_has_table_3_then_table_2_blocks_then_the_share(bench):
+    results = dict(MIXED)
+    results[("default", "points", "dsp", 32, 0)] = fake(0.3)
+    results[("default", "tags", "dsp", 32, 0)] = fake(0.2)
+    results[("default", "masks", "dsp", 32, 0)] = fake(0.5)
+    markdown = bench.report(results, "cpu", "HEADER\n\n", plots={"mixed": "accuracy_vs_acr.png"})
+    headings = [line for line in markdown.splitlines() if line.startswith("#")]
+    assert headings == [
+        "## Accuracy versus annotation compression rate (cpu)", "### Table 3: masks + mixed weak labels",
+        "### Table 2: masks + one weak type", "#### masks + tags (`tags`)", "#### masks + points (`points`)",
+        "### the masked images only (the other images left out of training) (`masks`)",
+        "### The weak labels' own share", "### Details"]
+    assert "![Dice versus ACR, mixed](accuracy_vs_acr.png)" in markdown
+    assert "| DSP | mixed − masks (paired) | - | 10.0 ± 0.0 (1) |" in markdown
 
 
 def test_ablation_table_reports_validation_and_paired_difference_to_the_reference(bench):
@@ -87,7 +163,27 @@ def test_ablation_table_reports_validation_and_paired_difference_to_the_referenc
     assert bench.ablation_table({}, variants) == "(no finished runs)"
 
 
-def write_run(folder, test_mean, val_mean, finished=True):
+def test_plot_draws_mean_and_std_per_method_and_variant(bench, tmp_path):
+    results = {("ce", "mixed", "unet", 1, 0): fake(0.3), ("ce", "mixed", "unet", 1, 1): fake(0.5),
+               ("ce", "mixed", "unet", 32, 0): fake(0.2),
+               ("dice", "mixed", "unet", 32, 0): fake(0.25), ("ce", "boxes", "unet", 8, 0): fake(0.9)}
+    path = tmp_path / "plot.png"
+    drawn = bench.plot(results, "mixed", path, "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(drawn) == ["U-Net (masks only) [ce]", "U-Net (masks only) [dice]"]
+    acrs, mean, std = drawn["U-Net (masks only) [ce]"]
+    assert acrs == [1, 32] and mean == pytest.approx([40.0, 20.0]) and std == pytest.approx([100 * 0.02 ** 0.5, 0])
+    assert drawn["U-Net (masks only) [dice]"][:2] == ([32], [25.0])
+    assert bench.plot_path("mixed", "cpu").name == "accuracy_vs_acr.png"
+    assert bench.plot_path("boxes", "gpu").name == "accuracy_vs_acr_boxes_gpu.png"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fake run folders: the report from disk, and the resume rules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def write_run(folder, test_mean, val_mean, finished=True, settings=None):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
         "finished": finished, "iterations": 300, "seconds": 100.0,
@@ -95,11 +191,57 @@ def write_run(folder, test_mean, val_mean, finished=True):
     if test_mean is not None:
         (folder / "test_metrics.json").write_text(json.dumps({"dice": {"mean": test_mean,
                                                                        "per_class": {"mito": test_mean}}}))
+    if settings is not None:
+        (folder / "run.json").write_text(json.dumps(settings))
+
+
+def test_report_only_reads_fake_run_folders(bench, tmp_path, capsys):
+    numbers = {("default", "mixed", "unet", 8, 0): 0.40, ("default", "mixed", "unet", 8, 1): 0.44,
+               ("default", "mixed", "dsp", 8, 0): 0.50, ("default", "mixed", "dsp", 8, 1): 0.56,
+               ("default", "boxes", "dsp", 8, 0): 0.45, ("dice", "mixed", "unet", 8, 0): 0.47}
+    for key, value in numbers.items():
+        settings = {"configs": ["bundle/configs/train.yaml", f"configs/methods/{key[2]}.yaml", "x.yaml"],
+                    "acr": 8, "seed": key[4], "overrides": {"weak_types": ["boxes"], "lambda_dsp": 0.5}}
+        write_run(bench.run_dir(tmp_path, *key), value, value - 0.01, settings=settings)
+    write_run(bench.run_dir(tmp_path, "default", "mixed", "dsp", 8, 2), None, 0.3, finished=False)  # unfinished
+    assert bench.run_dir(tmp_path, "v", "tags", "dsp", 32, 1) == tmp_path / "v" / "tags" / "dsp" / "acr32" / "seed1"
+    assert bench.main(["--report-only", "--no-write", "--root", str(tmp_path), "--methods", "unet", "dsp",
+                       "--scenarios", "mixed", "boxes", "--acrs", "8", "--seeds", "0", "1", "2",
+                       "--variant", "default", "dice"]) == 0
+    out = capsys.readouterr().out
+    assert "| U-Net (masks only) [default] | 42.0 ± 2.8 (2) |" in out
+    assert "| U-Net (masks only) [dice] | 47.0 ± 0.0 (1) |" in out
+    assert "| DSP [default] | 53.0 ± 4.2 (2) |" in out
+    assert "| DSP [default] − U-Net (masks only) [default] | 11.0 ± 1.4 (2) |" in out
+    assert "| DSP [default] − U-Net (masks only) [dice] | 3.0 ± 0.0 (1) |" in out
+    assert "#### masks + boxes (`boxes`)\n\n| method | ACR 8 |\n|---|---|\n| DSP [default] | 45.0 ± 0.0 (1) |" in out
+    assert "- `dice`: configs x.yaml after the method file; overrides {'lambda_dsp': 0.5}" in out
+    assert "mixed dsp ACR 8 seed 2: no finished result" in out
+
+
+def test_several_variants_are_refused_for_training(bench, tmp_path):
+    with pytest.raises(SystemExit, match="several names only with --report-only"):
+        bench.main(["--root", str(tmp_path), "--variant", "a", "b"])
+
+
+def test_plan_applies_scenario_snapshots_and_caller_overrides(bench, tmp_path):
+    args = bench.parse_args(["--methods", "unet", "dsp", "--scenarios", "masks", "points", "--acrs", "32",
+                             "--seeds", "4", "--variant", "ce_dice"])
+    plan = {key: (folder, configs, overrides) for key, folder, configs, _, _, overrides
+            in bench.plan_study(args, tmp_path, ["budget.yaml"], {"supervised_loss": "ce_dice"})}
+    assert list(plan) == [("ce_dice", s, m, 32, 4) for s in ("masks", "points") for m in ("unet", "dsp")]
+    folder, configs, overrides = plan["ce_dice", "masks", "dsp", 32, 4]
+    assert folder == tmp_path / "ce_dice" / "masks" / "dsp" / "acr32" / "seed4"
+    assert configs == ["bundle/configs/train.yaml", "configs/methods/dsp.yaml", "budget.yaml"]
+    assert overrides == {"training_types": ["mask"], "snapshot_iterations": bench.SNAPSHOTS,
+                         "supervised_loss": "ce_dice"}
+    assert plan["ce_dice", "points", "unet", 32, 4][2] == {"weak_types": ["points"], "supervised_loss": "ce_dice"}
+    with pytest.raises(SystemExit, match="unknown method 'nope'"):
+        bench.plan_study(bench.parse_args(["--methods", "nope"]), tmp_path, [], {})
 
 
 def test_finished_runs_are_read_and_skipped_without_running_anything(bench, tmp_path, monkeypatch):
-    folder = bench.run_dir(tmp_path, "dsp", 32, 1)
-    assert folder == tmp_path / "dsp" / "acr32" / "seed1"
+    folder = tmp_path / "run"
     write_run(folder, 0.61, 0.58)
     monkeypatch.setattr(bench, "_call", lambda *a: pytest.fail("a finished run must not be run again"))
     assert bench.execute(folder, ["bundle/configs/train.yaml"], 32, 1, {}) == {"status": "skipped"}
@@ -122,6 +264,33 @@ def test_a_trained_but_unevaluated_run_is_only_evaluated(bench, tmp_path, monkey
     assert configs.endswith(f"'{folder / 'overrides.yaml'}','bundle/configs/evaluate.yaml']")
     assert args[args.index("--acr") + 1] == "8" and args[args.index("--seed") + 1] == "2"
     assert (folder / "overrides.yaml").read_text() == 'lambda_dsp: 0.5\npseudo_label_source: "ema"\n'
+    assert json.loads((folder / "run.json").read_text()) == {
+        "configs": ["bundle/configs/train.yaml", "configs/methods/dsp.yaml"], "acr": 8, "seed": 2,
+        "overrides": {"lambda_dsp": 0.5, "pseudo_label_source": "ema"}}
+
+
+def test_a_half_written_run_is_trained_on_and_evaluated_again(bench, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    write_run(folder, None, 0.5, finished=False)
+    (folder / "test_metrics.json").write_text('{"dice": {"mean": 0.')  # an interrupted write
+    (folder / "metrics.json").write_text('{"finished": tr')
+    assert bench.load_result(folder) is None
+    calls = []
+    monkeypatch.setattr(bench, "_call", lambda args, log: calls.append(args[4]))
+    assert bench.execute(folder, ["bundle/configs/train.yaml"], 8, 0, {})["status"] == "ran"
+    assert calls == ["training", "evaluating"]
+    assert not (folder / "test_metrics.json").exists()
+
+
+def test_a_run_folder_of_other_settings_is_refused(bench, tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    write_run(folder, 0.6, 0.5, settings={"configs": ["bundle/configs/train.yaml"], "acr": 8, "seed": 0,
+                                          "overrides": {"supervised_loss": "ce"}})
+    monkeypatch.setattr(bench, "_call", lambda *a: pytest.fail("nothing may run"))
+    with pytest.raises(RuntimeError, match=r"holds a run with other settings: .*'supervised_loss': 'ce'"):
+        bench.execute(folder, ["bundle/configs/train.yaml"], 8, 0, {"supervised_loss": "ce_dice"})
+    assert bench.execute(folder, ["bundle/configs/train.yaml"], 8, 0, {"supervised_loss": "ce"}) == {
+        "status": "skipped"}
 
 
 def test_reproduce_command_drops_output_only_options(bench):
@@ -141,10 +310,3 @@ def test_variants_file_is_validated(bench, tmp_path):
     bad.write_text("broken: {overrides: [1, 2]}\n")
     with pytest.raises(ValueError, match="variant 'broken'"):
         bench.load_variants(str(bad))
-
-
-def test_plot_writes_a_png(bench, tmp_path):
-    results = {(m, a, s): fake(0.3 + 0.1 * s) for m in ("unet", "dsp") for a in (1, 32) for s in (0, 1)}
-    path = tmp_path / "plot.png"
-    bench.plot(results, path, "test")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -210,3 +210,35 @@ def test_interval_validation_also_runs_after_the_last_epoch(interval, max_epochs
 def test_interval_validation_rejects_a_zero_interval():
     with pytest.raises(ValueError, match=r"IntervalValidation: interval must be an int >= 1 \(epochs\); got 0"):
         IntervalValidation(0)
+
+
+def test_iteration_snapshots_hold_the_weights_after_exactly_those_iterations(tmp_path):
+    from dsp_monai.engines import IterationSnapshots
+
+    weight = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(weight.weight)
+
+    def step(engine, batch):
+        with torch.no_grad():
+            weight.weight += 1.0  # after iteration n the weight is n
+
+    trainer = Engine(step)
+    IterationSnapshots(str(tmp_path / "snapshots"), {"network": weight}, [5, 2]).attach(trainer)
+    trainer.run(range(3), max_epochs=2)  # iterations 1..6
+    files = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+    assert files == ["network_iteration=2.pt", "network_iteration=5.pt"]
+    for n in (2, 5):
+        assert torch.load(tmp_path / "snapshots" / f"network_iteration={n}.pt")["weight"].item() == n
+
+
+@pytest.mark.parametrize("iterations, save_dict, pattern", [
+    ([], {"network": torch.nn.Linear(1, 1)}, "iterations must be positive integers; got \\[\\]"),
+    ([0, 3], {"network": torch.nn.Linear(1, 1)}, "iterations must be positive integers; got \\[0, 3\\]"),
+    ([2.5], {"network": torch.nn.Linear(1, 1)}, "iterations must be positive integers"),
+    ([3], {}, "save_dict is empty"),
+])
+def test_iteration_snapshots_reject_bad_settings(tmp_path, iterations, save_dict, pattern):
+    from dsp_monai.engines import IterationSnapshots
+
+    with pytest.raises(ValueError, match=pattern):
+        IterationSnapshots(str(tmp_path), save_dict, iterations)
