@@ -436,7 +436,7 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> dict:
     styles = ["-", "--", ":", "-."]
     variants = _variants(results)
     drawn = {}
-    figure, axis = plt.subplots(figsize=(5.6, 4.0), dpi=120)
+    figure, axis = plt.subplots(figsize=(6.0, 4.0), dpi=120)
     for method, variant in _rows(results, scenario):
         if method not in colours:
             colours[method] = next(others, None)
@@ -458,9 +458,9 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> dict:
     axis.set_ylabel("test mean Dice (%)")
     axis.set_title(title, fontsize=9)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=7, handlelength=3.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
     return drawn
 
