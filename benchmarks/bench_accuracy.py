@@ -114,6 +114,23 @@ def run_overrides(scenario: str, method: str, shared: dict) -> dict:
     return {**SCENARIOS[scenario][0], **({"snapshot_iterations": SNAPSHOTS} if method == "dsp" else {}), **shared}
 
 
+def masks_only(method: str) -> bool:
+    """Whether the method's file trains on the masked images alone (``training_types: [mask]``): then its runs do
+    not depend on the scenario's weak labels (:func:`plan_study` trains it once, in the ``mixed`` folder)."""
+    import yaml
+
+    with open(REPO / "configs" / "methods" / f"{method}.yaml") as handle:
+        return (yaml.safe_load(handle) or {}).get("training_types") == ["mask"]
+
+
+def scenario_folder(scenario: str, method: str, shared: dict) -> str:
+    """The scenario whose folder and settings a run uses: ``mixed`` for a :func:`masks_only` method (its run is the
+    same in every scenario) unless ``shared`` sets ``weak_types`` or ``training_types``, else ``scenario``."""
+    if not {"weak_types", "training_types"} & set(shared) and masks_only(method):
+        return "mixed"
+    return scenario
+
+
 def _yaml_value(value) -> str:
     return json.dumps(value)
 
@@ -251,7 +268,7 @@ def format_mean_std(values, scale: float = 100.0) -> str:
     mean, std, count = mean_std(values)
     if not count:
         return "-"
-    return f"{scale * mean:.1f} ± {scale * std:.1f} ({count})"
+    return f"{round(scale * mean, 1) + 0.0:.1f} ± {scale * std:.1f} ({count})"  # + 0.0: no "-0.0"
 
 
 def ordered_methods(methods) -> list[str]:
@@ -620,6 +637,10 @@ def plan_study(args, root: Path, configs_extra: list[str], shared: dict) -> list
     """The runs of the study: ``(key, folder, configs, acr, seed, overrides)`` with key ``(variant, scenario,
     method, acr, seed)``, in the order ACR, seed, variant, scenario, method (so a partial study is paired early).
 
+    A method that trains on the masked images alone (:func:`masks_only`, e.g. ``unet``) gets the same run in every
+    scenario (same split, same masked images): its entries of all scenarios share the ``mixed`` folder and settings,
+    so it trains once (unless ``shared`` sets ``weak_types`` or ``training_types``).
+
     Raises:
         SystemExit: for a method without a file in configs/methods.
     """
@@ -632,10 +653,11 @@ def plan_study(args, root: Path, configs_extra: list[str], shared: dict) -> list
             for variant in args.variant:
                 for scenario in args.scenarios:
                     for method in ordered_methods(args.methods):
+                        runs_in = scenario_folder(scenario, method, shared)
                         plan.append(((variant, scenario, method, acr, seed),
-                                     run_dir(root, variant, scenario, method, acr, seed),
+                                     run_dir(root, variant, runs_in, method, acr, seed),
                                      ["bundle/configs/train.yaml", f"configs/methods/{method}.yaml", *configs_extra],
-                                     acr, seed, run_overrides(scenario, method, shared)))
+                                     acr, seed, run_overrides(runs_in, method, shared)))
     return plan
 
 
@@ -647,14 +669,19 @@ def plan_ablation(args, root: Path, configs_extra: list[str], shared: dict, vari
             for acr in args.acrs for seed in args.seeds for name, variant in variants.items()]
 
 
-def variant_settings(results: dict, root: Path) -> str:
-    """One line per variant of the results: its config files and overrides, as its runs recorded them."""
+def variant_settings(results: dict, folders: dict) -> str:
+    """One line per variant of the results: its config files and overrides, as its runs recorded them.
+
+    Args:
+        results: ``{key: result}`` of the study.
+        folders: ``{key: run folder}``.
+    """
     lines = []
     for variant in _variants(results):
         key = next(k for k in results if k[0] == variant)
-        recorded = read_json_or_none(run_dir(root, *key) / "run.json")
+        recorded = read_json_or_none(folders[key] / "run.json")
         if not isinstance(recorded, dict):
-            lines.append(f"- `{variant}`: settings not recorded (no run.json in {run_dir(root, *key)})")
+            lines.append(f"- `{variant}`: settings not recorded (no run.json in {folders[key]})")
             continue
         shared = {k: v for k, v in (recorded.get("overrides") or {}).items()
                   if k not in SCENARIOS[key[1]][0] and k != "snapshot_iterations"}
@@ -668,7 +695,8 @@ def build_figures(args, root: Path, profile: str) -> int:
     import study_figures
 
     variant, scenario, acr, seed = args.variant[0], args.scenarios[0], max(args.acrs), args.seeds[0]
-    panels = [(METHOD_LABELS.get(m, m), run_dir(root, variant, scenario, m, acr, seed))
+    shared = _overrides(args.set)
+    panels = [(METHOD_LABELS.get(m, m), run_dir(root, variant, scenario_folder(scenario, m, shared), m, acr, seed))
               for m in ordered_methods(args.methods)]
     missing = [str(folder) for _, folder in panels if load_result(folder) is None]
     if missing:
@@ -710,7 +738,7 @@ def main(argv=None) -> int:
     plan = (plan_ablation(args, root, configs_extra, shared, variants) if variants
             else plan_study(args, root, configs_extra, shared))
 
-    results = {}
+    results, folders = {}, {}
     started = time.perf_counter()
     for index, (key, folder, configs, acr, seed, overrides) in enumerate(plan, 1):
         label = f"[{index}/{len(plan)}] {' '.join(str(part) for part in key[:-2])} ACR {acr} seed {seed}"
@@ -723,7 +751,7 @@ def main(argv=None) -> int:
         if result is None:
             print(f"{label}: no finished result", flush=True)
             continue
-        results[key] = result
+        results[key], folders[key] = result, folder
         timing = "" if outcome["status"] == "skipped" else f", {outcome['total_s']:.0f} s"
         print(f"{label}: val {100 * result['val']:.1f}, test {100 * result['test']:.1f} Dice "
               f"({'done before' if outcome['status'] == 'skipped' else 'ran'}{timing}; "
@@ -753,7 +781,7 @@ def main(argv=None) -> int:
             common.write_section(Path(args.ablation).stem, markdown)
         return 0
     header = (f"Machine: {common.machine()}. Profile: {profile} "
-              f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}).\n\n" + command + variant_settings(results, root))
+              f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}).\n\n" + command + variant_settings(results, folders))
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
     plots = {s: plot_path(s, profile).name for s in scenarios}
     figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}

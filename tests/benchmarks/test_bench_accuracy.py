@@ -41,6 +41,8 @@ def test_mean_std_skips_missing_values_and_uses_the_sample_deviation(bench):
     assert math.isnan(bench.mean_std([None])[0])
     assert bench.format_mean_std([0.5, 0.7]) == "60.0 ± 14.1 (2)"
     assert bench.format_mean_std([]) == "-"
+    assert bench.format_mean_std([-1e-12, 1e-12]) == "0.0 ± 0.0 (2)"  # never "-0.0"
+    assert bench.format_mean_std([-0.0004]) == "0.0 ± 0.0 (1)" and bench.format_mean_std([-0.0006]) == "-0.1 ± 0.0 (1)"
 
 
 # One variant, the mixed scenario: keys (variant, scenario, method, acr, seed).
@@ -214,7 +216,11 @@ def test_report_only_reads_fake_run_folders(bench, tmp_path, capsys):
     assert "| DSP [default] | 53.0 ± 4.2 (2) |" in out
     assert "| DSP [default] − U-Net (masks only) [default] | 11.0 ± 1.4 (2) |" in out
     assert "| DSP [default] − U-Net (masks only) [dice] | 3.0 ± 0.0 (1) |" in out
-    assert "#### masks + boxes (`boxes`)\n\n| method | ACR 8 |\n|---|---|\n| DSP [default] | 45.0 ± 0.0 (1) |" in out
+    # the boxes block takes the U-Net runs of the mixed folders (the U-Net's run is the same in every scenario)
+    assert ("#### masks + boxes (`boxes`)\n\n| method | ACR 8 |\n|---|---|\n"
+            "| U-Net (masks only) [default] | 42.0 ± 2.8 (2) |\n| U-Net (masks only) [dice] | 47.0 ± 0.0 (1) |\n"
+            "| DSP [default] | 45.0 ± 0.0 (1) |\n") in out
+    assert "| DSP [default] − U-Net (masks only) [default] | 5.0 ± 0.0 (1) |" in out
     assert "- `dice`: configs x.yaml after the method file; overrides {'lambda_dsp': 0.5}" in out
     assert "mixed dsp ACR 8 seed 2: no finished result" in out
 
@@ -235,7 +241,15 @@ def test_plan_applies_scenario_snapshots_and_caller_overrides(bench, tmp_path):
     assert configs == ["bundle/configs/train.yaml", "configs/methods/dsp.yaml", "budget.yaml"]
     assert overrides == {"training_types": ["mask"], "snapshot_iterations": bench.SNAPSHOTS,
                          "supervised_loss": "ce_dice"}
-    assert plan["ce_dice", "points", "unet", 32, 4][2] == {"weak_types": ["points"], "supervised_loss": "ce_dice"}
+    # the U-Net trains on the masked images alone: one run, in the mixed folder, serves every scenario
+    for scenario in ("masks", "points"):
+        assert plan["ce_dice", scenario, "unet", 32, 4][0] == tmp_path / "ce_dice" / "mixed" / "unet" / "acr32" / "seed4"
+        assert plan["ce_dice", scenario, "unet", 32, 4][2] == {"weak_types": ["tags", "boxes", "points"],
+                                                               "supervised_loss": "ce_dice"}
+    assert bench.masks_only("unet") and not bench.masks_only("cls_branch") and not bench.masks_only("dsp")
+    # unless the caller's overrides choose the training types themselves
+    again = {key: folder for key, folder, *_ in bench.plan_study(args, tmp_path, [], {"training_types": ["mask"]})}
+    assert again["ce_dice", "points", "unet", 32, 4] == tmp_path / "ce_dice" / "points" / "unet" / "acr32" / "seed4"
     with pytest.raises(SystemExit, match="unknown method 'nope'"):
         bench.plan_study(bench.parse_args(["--methods", "nope"]), tmp_path, [], {})
 
