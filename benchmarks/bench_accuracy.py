@@ -683,8 +683,9 @@ def variant_settings(results: dict, folders: dict) -> str:
         if not isinstance(recorded, dict):
             lines.append(f"- `{variant}`: settings not recorded (no run.json in {folders[key]})")
             continue
+        own = SCENARIOS.get(folders[key].parents[2].name, ({}, ""))[0]  # the scenario of the folder
         shared = {k: v for k, v in (recorded.get("overrides") or {}).items()
-                  if k not in SCENARIOS[key[1]][0] and k != "snapshot_iterations"}
+                  if k not in own and k != "snapshot_iterations"}
         lines.append(f"- `{variant}`: configs {', '.join(recorded['configs'][2:]) or 'none'} after the "
                      f"method file" + (f"; overrides {shared}" if shared else "; no overrides"))
     return "Variants (settings as recorded in each run's run.json):\n\n" + "\n".join(lines) + "\n\n"
