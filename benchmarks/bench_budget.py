@@ -143,8 +143,11 @@ def plot(curves: dict, window: int, iterations_per_epoch: int, budget: int, path
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.0, 3.8), dpi=120)
-    for index, (name, curve) in enumerate(curves.items()):
-        colour = f"C{index}"
+    solid = [name for name in curves if name not in dashed]
+    for name, curve in curves.items():
+        # a dashed curve takes the colour of the solid one its name extends (its long run)
+        owner = max((s for s in solid if name.startswith(s)), key=len, default=name)
+        colour = f"C{solid.index(owner) if owner in solid else len(solid) + list(curves).index(name)}"
         epochs = sorted(curve)
         axis.plot([e * iterations_per_epoch for e in epochs], [100 * curve[e] for e in epochs], color=colour,
                   alpha=0.35, linewidth=0.9)
