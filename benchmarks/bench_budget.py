@@ -8,8 +8,8 @@ run's settings:
 - curves: ``ROOT/long/<loss>/<method>/acr<ACR>/seed<SEED>``, ``--epochs`` epochs (a long run, its cosine learning
   rate schedule over all of them) validated after every epoch; the validation mean Dice per epoch is read back from
   the run's TensorBoard events;
-- confirmation (``--confirm``): ``ROOT/budget/<loss>/...``, the same at the profile's own length, to check that a
-  run of the budget reaches the long run's plateau with its own schedule;
+- shorter runs (``--shorter EPOCHS ...``): ``ROOT/epochs<EPOCHS>/<loss>/...``, the same for fewer epochs, each with
+  its own schedule, to check whether a shorter budget reaches the long run's plateau;
 - cost (``--cost-methods``): ``ROOT/cost/<method>``, ``--cost-epochs`` epochs of the profile's iterations; the
   trainer's last epoch time (its iterations and one validation pass) gives the seconds per epoch and, times the
   profile's epochs, the time of one run at the budget.
@@ -18,8 +18,8 @@ Resumable: a finished run is skipped and an interrupted one resumes from its las
 run the same command again to continue.
 
     python benchmarks/bench_budget.py                                        # U-Net ACR 1 seed 0, ce and ce_dice
-    python benchmarks/bench_budget.py --seeds 0 1 --confirm --cost-methods unet fixmatch_plf dsp
-    python benchmarks/bench_budget.py --no-long --confirm                    # the profile-length runs only
+    python benchmarks/bench_budget.py --seeds 0 1 --shorter 30 --cost-methods unet fixmatch_plf dsp
+    python benchmarks/bench_budget.py --no-long --shorter 30 60              # the shorter runs only
     python benchmarks/bench_budget.py --report-only
 
 The plateau of a curve is the first epoch whose trailing ``--window``-epoch mean validation Dice is within
@@ -182,8 +182,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--profile", default=PROFILE, help=f"the budget profile (default: {PROFILE})")
     parser.add_argument("--long", action=argparse.BooleanOptionalAction, default=True,
                         help="train the long runs (default; --no-long: only report those there are)")
-    parser.add_argument("--confirm", action="store_true",
-                        help="also train each curve's setting at the profile's own length")
+    parser.add_argument("--shorter", nargs="*", type=int, default=[], metavar="EPOCHS",
+                        help="also train each curve's setting for these numbers of epochs, each with its own "
+                             "schedule (default: none)")
     parser.add_argument("--cost-methods", nargs="*", default=[], metavar="METHOD",
                         help="methods whose epoch time to measure at the profile's sizes (default: none)")
     parser.add_argument("--cost-epochs", type=int, default=2, help="epochs of a cost run; the last is timed")
@@ -204,48 +205,43 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     started = time.perf_counter()
 
-    plan = []  # (kind, name, folder, method, seed, overrides)
+    plan = []  # (kind, name, folder, method, seed, overrides, epochs)
     for loss in args.losses:
         for seed in args.seeds:
             name = f"{LOSS_LABELS[loss]}, seed {seed}"
             tail = Path(loss) / args.method / f"acr{args.acr}" / f"seed{seed}"
             plan.append(("long", name, root / "long" / tail, args.method, seed,
-                         {"supervised_loss": loss, "max_epochs": args.epochs}))
-            if args.confirm:
-                plan.append(("budget", name, root / "budget" / tail, args.method, seed, {"supervised_loss": loss}))
+                         {"supervised_loss": loss, "max_epochs": args.epochs}, args.epochs))
+            for epochs in args.shorter:
+                plan.append(("shorter", f"{name}, {epochs * per_epoch} it.", root / f"epochs{epochs}" / tail,
+                             args.method, seed, {"supervised_loss": loss, "max_epochs": epochs}, epochs))
     for method in args.cost_methods:
-        plan.append(("cost", method, root / "cost" / method, method, 0, {"max_epochs": args.cost_epochs}))
-    for kind, name, folder, method, seed, overrides in plan:
+        plan.append(("cost", method, root / "cost" / method, method, 0, {"max_epochs": args.cost_epochs},
+                     args.cost_epochs))
+    for kind, name, folder, method, seed, overrides, _ in plan:
         if not args.report_only and (kind != "long" or args.long):
             print(f"{kind} {method} {name}: {folder} ...", flush=True)
             status = train(folder, method, args.profile, args.acr, seed, overrides)
             print(f"  {status} (elapsed {time.perf_counter() - started:.0f} s)", flush=True)
     load_after = os.getloadavg()
 
-    curves = {name: validation_curve(folder) for kind, name, folder, *_ in plan if kind == "long"}
-    curves = {name: curve for name, curve in curves.items() if curve}
-    budget_runs = {f"{name}, {budget_epochs * per_epoch}-it. run":
-                   validation_curve(root / "budget" / folder.relative_to(root / "long"))
-                   for kind, name, folder, *_ in plan if kind == "long"}
-    budget_runs = {name: curve for name, curve in budget_runs.items() if curve and curves}
+    runs = [(kind, name, folder, epochs, validation_curve(folder))
+            for kind, name, folder, _, _, _, epochs in plan if kind != "cost"]
+    runs = [run for run in runs if run[4]]
+    curves = {name: curve for _, name, _, _, curve in runs}
     rows = []
-    for kind, name, folder, *_ in plan:
-        if kind != "long" or name not in curves:
-            continue
-        found = plateau(curves[name], args.window, args.tolerance)
+    for kind, name, folder, epochs, curve in runs:
+        found = plateau(curve, args.window, args.tolerance)
         seconds = epoch_seconds(folder / "train.log")
-        confirm = validation_curve(root / "budget" / folder.relative_to(root / "long"))
         rows.append([
-            name, f"{len(curves[name])} / {args.epochs}",
+            name, f"{len(curve)} / {epochs}",
             "-" if found is None else f"{100 * found['best']:.1f} (epoch {found['best_epoch']})",
             "-" if found is None else f"{found['epoch']} ({found['epoch'] * per_epoch} it.)",
             "-" if found is None else f"{100 * found['smoothed']:.1f} / {100 * found['top_smoothed']:.1f}",
-            f"{100 * max(confirm.values()):.1f} ({len(confirm)} / {budget_epochs} ep.)" if confirm else "-",
             f"{sum(seconds.values()) / 60:.1f}" if seconds else "-",
         ])
-    summary = common.table(["run", "epochs done", "best val Dice (%)", "plateau epoch",
-                            f"{args.window}-epoch mean at plateau / highest (%)",
-                            f"best val Dice at the budget, own schedule (%)", "train minutes"], rows)
+    summary = common.table(["run", "epochs done / planned", "best val Dice (%)", "plateau epoch",
+                            f"{args.window}-epoch mean at plateau / highest (%)", "train minutes"], rows)
     costs = []
     for kind, name, folder, *_ in plan:
         if kind != "cost":
@@ -261,7 +257,8 @@ def main(argv=None) -> int:
             + (" (report only: the load of the report, not of the runs)" if args.report_only else "") + ".")
     markdown = (
         "## Budget: learning curves of the masks-only U-Net (validation mean Dice, %)\n\n"
-        f"Machine: {common.machine()}; shared with other work: compare within one table. {load}\n\n"
+        f"Machine: {common.machine()}; processor: {common.processor()}; shared with other work: compare within one "
+        f"table. {load}\n\n"
         f"Command (resumable; `--report-only` rebuilds the tables from the runs): `{common.command()}`\n\n"
         + (f"{args.note}\n\n" if args.note else "")
         + f"Profile `{args.profile}`: {settings}; budget = {budget_epochs} epochs x {per_epoch} iterations = "
@@ -275,15 +272,16 @@ def main(argv=None) -> int:
            f"{args.cost_epochs} epochs, and of a run of {budget_epochs} epochs at that rate:\n\n"
            + common.table(["method", "s / epoch", "s / iteration", "minutes / run"], costs) + "\n\n"
            if costs else "")
-        + "Validation mean Dice (%) per epoch (the runs of the budget's own length, with their own schedule, named "
-          "by their iterations):\n\n" + curve_table({**curves, **budget_runs}, per_epoch) + "\n"
+        + "Validation mean Dice (%) per epoch (runs named by their iterations are the shorter runs, each with its "
+          "own schedule):\n\n" + curve_table(curves, per_epoch) + "\n"
     )
     print(markdown)
     if not curves:
         print("no validated epochs of a learning curve yet: RESULTS.md and the plot left as they are")
     elif not args.no_write:
-        plot({**curves, **budget_runs}, args.window, per_epoch, budget_epochs * per_epoch, REPO / "benchmarks" / PLOT,
-             f"{args.method}, ACR {args.acr}, {args.profile}", dashed=set(budget_runs))
+        plot(curves, args.window, per_epoch, budget_epochs * per_epoch, REPO / "benchmarks" / PLOT,
+             f"{args.method}, ACR {args.acr}, {args.profile}",
+             dashed={name for kind, name, *_ in runs if kind == "shorter"})
         common.write_section("budget", markdown)
     return 0
 

@@ -98,14 +98,17 @@ def test_report_of_fake_runs_lists_plateau_budget_run_and_cost(bench, tmp_path, 
     profile = tmp_path / "profile.yaml"
     profile.write_text("max_epochs: 3\niterations_per_epoch: 10\n")
     _fake_run(tmp_path / "long" / "ce" / "unet" / "acr1" / "seed0", [0.1, 0.3, 0.5, 0.52, 0.51, 0.52])
-    _fake_run(tmp_path / "budget" / "ce" / "unet" / "acr1" / "seed0", [0.2, 0.45, 0.5])
+    _fake_run(tmp_path / "epochs3" / "ce" / "unet" / "acr1" / "seed0", [0.2, 0.45, 0.5])
     _fake_run(tmp_path / "cost" / "dsp", [0.1, 0.1])
     assert bench.main(["--losses", "ce", "--epochs", "6", "--profile", str(profile), "--root", str(tmp_path),
-                       "--window", "2", "--tolerance", "0.02", "--cost-methods", "dsp", "--report-only",
+                       "--window", "2", "--tolerance", "0.02", "--shorter", "3", "--cost-methods", "dsp",
+                       "--report-only",
                        "--no-write"]) == 0
     out = capsys.readouterr().out
     # trailing means (window 2): 0.2, 0.4, 0.51, 0.515, 0.515: the plateau is epoch 4 (0.51 >= 0.515 - 0.02)
-    assert "| CE, seed 0 | 6 / 6 | 52.0 (epoch 4) | 4 (40 it.) | 51.0 / 51.5 | 50.0 (3 / 3 ep.) | 3.0 |" in out
+    assert "| CE, seed 0 | 6 / 6 | 52.0 (epoch 4) | 4 (40 it.) | 51.0 / 51.5 | 3.0 |" in out
+    # the shorter run: trailing means 0.325, 0.475; plateau at epoch 3
+    assert "| CE, seed 0, 30 it. | 3 / 3 | 50.0 (epoch 3) | 3 (30 it.) | 47.5 / 47.5 | 1.5 |" in out
     assert "| dsp | 30.0 | 3.00 | 1.5 |" in out
-    assert "| epoch | iterations | CE, seed 0 | CE, seed 0, 30-it. run |" in out
+    assert "| epoch | iterations | CE, seed 0 | CE, seed 0, 30 it. |" in out
     assert "| 6 | 60 | 52.0 | - |" in out
