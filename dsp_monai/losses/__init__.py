@@ -15,7 +15,7 @@ Losses never read files: they take tensors and annotation records (or a collated
 
 from .box_projection import BoxPairwiseLoss, BoxProjectionLoss, box_masks, neighbour_weights
 from .con2r import Con2RLoss, con2r_graph_loss, con2r_target_graph
-from .cross_entropy import MaskCrossEntropy, PseudoLabelCrossEntropy
+from .cross_entropy import SUPERVISED_LOSSES, MaskCrossEntropy, PseudoLabelCrossEntropy
 from .dsp import (
     DSPLoss,
     DSPTerm,
@@ -41,6 +41,7 @@ from .terms import (
 )
 
 __all__ = [
+    "SUPERVISED_LOSSES",
     "VIEWS",
     "BatchContext",
     "BoxPairwiseLoss",
