@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,19 @@ TRAIN_3D = "bundle/configs/train_3d.yaml"
 
 def configs_of(method: str) -> list[str]:
     return [TRAIN, f"configs/methods/{method}.yaml", TRAIN_3D]
+
+
+_EPOCH = re.compile(r"MethodTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+
+
+def epoch_seconds(log: Path) -> dict:
+    """Epoch -> wall seconds (training and its validation) from a run's train.log; the last record of an epoch
+    counts, so a run interrupted and resumed is timed by the epochs that completed."""
+    seconds = {}
+    for match in _EPOCH.finditer(log.read_text(errors="replace") if log.exists() else ""):
+        epoch, hours, minutes, rest = match.groups()
+        seconds[int(epoch)] = 3600 * int(hours) + 60 * int(minutes) + float(rest)
+    return seconds
 
 
 def profile_sizes(profile: str) -> dict:
@@ -147,6 +161,8 @@ def main(argv=None) -> int:
             if result is None:
                 print(f"{method} seed {seed}: no finished result", flush=True)
                 continue
+            epochs = epoch_seconds(folder / "train.log")
+            result["per_iteration"] = sum(epochs.values()) / result["iterations"] if epochs else None
             results[(method, args.acr, seed)] = result
             print(f"{method} seed {seed}: test {100 * result['test']:.1f}, {result['iterations']} iterations in "
                   f"{result['seconds']:.0f} s", flush=True)
@@ -155,10 +171,10 @@ def main(argv=None) -> int:
         done = [r for (m, _, _), r in results.items() if m == method]
         if not done:
             continue
-        per_iteration = [r["seconds"] / r["iterations"] for r in done]
+        per_iteration = [r["per_iteration"] for r in done if r["per_iteration"] is not None]
         rows.append([method, acc.format_mean_std([r["test"] for r in done]),
                      " / ".join(f"{100 * r['test']:.1f}" for r in done),
-                     f"{sum(per_iteration) / len(per_iteration):.2f}"])
+                     f"{sum(per_iteration) / len(per_iteration):.2f}" if per_iteration else "n/a"])
     markdown = (
         "## Volumes: DSP and the U-Net in 3D (train_3d.yaml)\n\n"
         f"Machine: {common.processor()}, {common.machine()}; load average at the end {common.load_average()} "
@@ -167,7 +183,8 @@ def main(argv=None) -> int:
         + f"Synthetic FIB-SEM volumes (16 crops of 20 x 128 x 128 voxels, 10.48 x 8 x 8 nm), ACR {args.acr} over "
         "volumes, train_3d.yaml's CPU profile (200 iterations of batch 2, 16 x 48 x 48 patches). Test mean Dice (%) "
         "over whole volumes (sliding window) of the best-validation model, mean ± sample std (count); wall seconds "
-        "per iteration include data loading and validation.\n\n"
+        "per iteration (mean over seeds) are the epochs' times in train.log divided by the iterations, so they "
+        "include data loading and validation.\n\n"
         + common.table(["method", "test mean Dice (%)", "per seed", "s / iteration"], rows)
         + "\n\nMemory of one 3D training step (DSP network, weak + strong view):\n\n" + memory_table() + "\n"
     )
