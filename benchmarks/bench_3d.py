@@ -128,7 +128,8 @@ def memory_table() -> str:
             f"{measured['peak_bytes'] / gib:.2f} ({measured['step_s']:.1f} s)" if profile == "cpu" else "no GPU here",
         ])
     return common.table(["profile", "patch", "views x batch", "features", "parameters",
-                         "estimate fp32 (GiB)", "estimate AMP activations (GiB)", "measured CPU peak (GiB, step time)"],
+                         "estimate fp32 (GiB)", "estimate, 16-bit activations (GiB)",
+                         "measured CPU peak (GiB, step time)"],
                         rows)
 
 
