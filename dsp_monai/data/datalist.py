@@ -452,6 +452,8 @@ class ImageInfo:
         values: the distinct values when there are at most 256 of them and all are whole numbers (labels), else
             None.
         sample: an evenly strided subsample of the finite values (at most :data:`SAMPLE_SIZE`), float32.
+        spacing: the voxel size along each spatial axis (the lengths of the affine's columns: NIfTI ``pixdim``,
+            OME-NGFF ``scale``), or None when the reader gives no affine.
     """
 
     spatial_shape: tuple[int, ...]
@@ -461,6 +463,18 @@ class ImageInfo:
     high: float
     values: tuple[int, ...] | None
     sample: np.ndarray = field(repr=False, compare=False)
+    spacing: tuple[float, ...] | None = None
+
+
+def _spacing_of(meta: Mapping, ndim: int) -> tuple[float, ...] | None:
+    """Voxel size per spatial axis from a reader's affine (the norm of each of its first ``ndim`` columns)."""
+    affine = meta.get("affine")
+    if affine is None:
+        return None
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (ndim + 1, ndim + 1):
+        return None
+    return tuple(round(float(v), 6) for v in np.linalg.norm(affine[:ndim, :ndim], axis=0))
 
 
 _FILE_CACHE: dict[tuple, ImageInfo] = {}
@@ -502,7 +516,7 @@ def inspect_file(path: str, reader: Any, class_names: Sequence[str]) -> ImageInf
             values = tuple(int(v) for v in distinct)
     step = max(1, kept.size // SAMPLE_SIZE)
     info = ImageInfo(shape, channels, nonfinite, low, high, values,
-                     np.asarray(kept[::step][:SAMPLE_SIZE], dtype=np.float32))
+                     np.asarray(kept[::step][:SAMPLE_SIZE], dtype=np.float32), _spacing_of(meta, len(shape)))
     _FILE_CACHE[key] = info
     return info
 

@@ -49,6 +49,8 @@ __all__ = [
     "prepare_bundle_experiment",
     "prepare_experiment",
     "resolve_intensity_range",
+    "relative_spacing",
+    "resolve_spacing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,15 +101,66 @@ def _check_configuration(datalist: ValidatedDatalist, num_classes: int | None, s
         for section, index, item in _locations(datalist, datalist.sections):
             info = datalist.images.get(item[IMAGE])
             if info is not None and len(info.spatial_shape) != int(spatial_dims):
+                remedy = (
+                    "cut 2D slices (zarr: ?axis=z&index=..) or train in 3D with the override "
+                    "bundle/configs/train_3d.yaml after train.yaml (docs/volumes.md)"
+                    if len(info.spatial_shape) == 3 else
+                    "give 3D volumes, or train in 2D with bundle/configs/train.yaml alone (without train_3d.yaml)"
+                )
                 problems.append(
                     f"{_where(datalist, section, index, IMAGE)}: {item[IMAGE]} is a {len(info.spatial_shape)}D image "
                     f"of spatial shape {list(info.spatial_shape)}, but the network expects {spatial_dims}D images "
-                    f"(spatial_dims: {spatial_dims}); cut 2D slices (zarr: ?axis=z&index=..) or use a 3D "
-                    "configuration."
+                    f"(spatial_dims: {spatial_dims}); {remedy}."
                 )
     if problems:
         header = f"{datalist.path}: {len(problems)} problems:\n" if len(problems) > 1 else ""
         raise ExperimentError(header + "\n".join(problems), problems)
+
+
+def resolve_spacing(
+    datalist: ValidatedDatalist, items: Sequence[Mapping], tolerance: float = 0.01
+) -> list[float] | None:
+    """The voxel size of an experiment: the per-axis median of its training images' spacings (from their affines:
+    NIfTI ``pixdim``, OME-NGFF ``scale``), for the operations that measure distances (medoid points, geodesic
+    targets) and for the choice of the rotation planes of 3D augmentation.
+
+    The images of one experiment are meant to share a voxel size (resample them beforehand otherwise, e.g. with
+    ``monai.transforms.Spacingd``); images whose spacing differs from the median by more than ``tolerance``
+    (relative, on any axis) are counted in a warning.
+
+    Returns:
+        ``[s_0, ..., s_{n-1}]`` in array-axis order, or None when no training image has an affine (or the datalist
+        was read without its content checks).
+    """
+    spacings = [datalist.images[item[IMAGE]].spacing for item in items
+                if item[IMAGE] in datalist.images and datalist.images[item[IMAGE]].spacing is not None]
+    if not spacings or len({len(s) for s in spacings}) != 1:
+        return None
+    values = np.asarray(spacings, dtype=np.float64)
+    median = np.median(values, axis=0)
+    off = int(np.count_nonzero((np.abs(values - median) > tolerance * median).any(axis=1)))
+    if off:
+        logger.warning(
+            "%d of %d training images of %s have a voxel size other than the median %s; distances (medoid points, "
+            "geodesic targets) use the median: resample the images to one spacing for exact distances",
+            off, len(spacings), datalist.path, [round(float(v), 6) for v in median],
+        )
+    return [round(float(v), 6) for v in median]
+
+
+def relative_spacing(spacing: Sequence[float] | None) -> list[float] | None:
+    """A voxel size in units of its finest axis (``[10.48, 8, 8]`` -> ``[1.31, 1.0, 1.0]``), so that distances are
+    counted in voxels of the finest axis whatever the physical unit; None stays None.
+
+    Raises:
+        ValueError: for a non-positive entry.
+    """
+    if spacing is None:
+        return None
+    values = [float(v) for v in spacing]
+    if not values or min(values) <= 0:
+        raise ValueError(f"spacing must hold positive values, got {list(spacing)}.")
+    return [round(v / min(values), 6) for v in values]
 
 
 def resolve_intensity_range(
@@ -215,7 +268,8 @@ def prepare_experiment(
     check_contents: bool = True,
 ) -> dict:
     """The items of one experiment: ``{"training", "validation", "test": [items], "class_names": [...],
-    "intensity_range": [low, high] or None}``.
+    "intensity_range": [low, high] or None, "spacing": [...] or None}`` (``spacing``: :func:`resolve_spacing` of
+    the training images).
 
     Args:
         datalist: path of the datalist JSON.
@@ -285,6 +339,7 @@ def prepare_experiment(
         "test": scenario.test,
         "class_names": list(validated.class_names),
         "intensity_range": resolved,
+        "spacing": resolve_spacing(validated, scenario.training) if validated.images else None,
     }
 
 

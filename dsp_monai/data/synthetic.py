@@ -26,6 +26,8 @@ nanometres, translations = pixel centres)::
                                                              with EM s0; crops sit at non-zero offsets
     OUT/datalist.json                                        every z-slice of every crop (``data`` pool with
                                                              ``subvolume`` = ``cell_00/crop1``)
+    OUT/datalist_3d.json                                     every crop as one 3D item (same pool and
+                                                             subvolumes; :func:`volume_datalist`)
     OUT/contact_sheet.png, OUT/stats.json
 
 Each crop group carries ``cellmap.annotation.class_names``: the COSEM short names annotated there. Some crops leave
@@ -68,6 +70,7 @@ GENERATOR_VERSION = "1"
 """Bumped whenever the generator's output changes, so cached default datasets are regenerated."""
 
 DATALIST_NAME = "datalist.json"
+VOLUME_DATALIST_NAME = "datalist_3d.json"
 EM_GROUP = "recon-1/em/fibsem-uint8"
 CROP_ROOT = "recon-1/labels/groundtruth"
 _CHUNKS = (16, 128, 128)
@@ -1043,6 +1046,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
         ),
         metadata={"generator": "dsp_monai.data.synthetic", "version": GENERATOR_VERSION, "config": asdict(config)},
     )
+    volume_datalist(datalist_path)
     if contact_sheet:
         _contact_sheet(os.path.join(out_dir, "contact_sheet.png"), tiles, class_names, lut)
     total = counts.sum()
@@ -1060,6 +1064,50 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
     with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as handle:
         json.dump({**summary, "datalist": DATALIST_NAME}, handle, indent=1)
     return summary
+
+
+def volume_datalist(datalist: str | os.PathLike) -> str:
+    """Writes ``datalist_3d.json`` next to a synthetic slice datalist and returns its path: one item per crop (the
+    whole 3D crop, ``cell_00.zarr?crop=crop1&layer=em``), in the same ``data`` pool with the same ``subvolume``
+    names, so that an experiment over volumes splits the crops as the slice experiment does. Idempotent; datasets
+    generated before the 3D datalist existed get it on first use.
+
+    Raises:
+        ValueError: when an item of the slice datalist does not name a z-slice of a crop.
+    """
+    from dsp_monai.data.datalist import load_datalist
+    from dsp_monai.data.readers import parse_zarr_path
+
+    datalist = os.path.abspath(os.fspath(datalist))
+    path = os.path.join(os.path.dirname(datalist), VOLUME_DATALIST_NAME)
+    if os.path.isfile(path):
+        return path
+    with open(datalist, encoding="utf-8") as handle:
+        content = json.load(handle)
+    items, class_names = load_datalist(datalist, "data", check_files=False)
+    volumes: dict[str, dict] = {}
+    for item in items:
+        selector = parse_zarr_path(item["image"])
+        if selector.crop is None or selector.axis != "z":
+            raise ValueError(f"{datalist}: item {item.get('id')!r} is not a z-slice of a crop: {item['image']!r}")
+        store = os.path.basename(os.path.normpath(selector.store))
+        volumes.setdefault(item["subvolume"], {
+            "image": f"{store}?crop={selector.crop}&layer=em",
+            "label": f"{store}?crop={selector.crop}&layer=label",
+            "subvolume": item["subvolume"],
+            "id": item["subvolume"],
+        })
+    return save_datalist(
+        path, class_names, {"data": list(volumes.values())},
+        description=content.get("description", "").replace("every z-slice of every crop", "every crop as a volume"),
+        metadata=content.get("metadata"),
+    )
+
+
+def ensure_default_volume_dataset(root: str | os.PathLike, config: SyntheticConfig | None = None,
+                                  progress: bool = False) -> str:
+    """:func:`ensure_default_dataset`, returning the path of its volume datalist (``datalist_3d.json``)."""
+    return volume_datalist(ensure_default_dataset(root, config, progress))
 
 
 def _read_em_slice(out_dir, name, record, z, config):

@@ -13,10 +13,12 @@ from dsp_monai.annotations.vocabulary import IGNORE_VALUE, IMAGE, LABEL
 from dsp_monai.data.readers import MultiFormatReader
 from dsp_monai.transforms.geometry import (
     AddValidMaskd,
+    AnnotatedRandClassCropd,
     AnnotatedRandFlipd,
     AnnotatedRandRotate90d,
     AnnotatedRandSpatialCropd,
     AnnotatedSpatialPadd,
+    isotropic_planes,
 )
 from dsp_monai.transforms.views import WeakStrongViewsd
 from dsp_monai.transforms.weak_labels import DeriveWeakLabelsd
@@ -81,9 +83,15 @@ def training_transforms(
     rotate90_prob: float = 0.5,
     strong_view: bool = True,
     views: Mapping | None = None,
+    spacing: Sequence[float] | None = None,
+    class_crop_prob: float | None = None,
 ) -> mt.Compose:
     """Load -> intensity scaling -> valid mask -> random flips / quarter turns -> pad and random crop to
     ``roi_size`` -> weak labels of each item's annotation type -> weak / strong views.
+
+    2D and 3D alike: the dimensionality is the images'. Quarter turns happen only in the planes of axes with equal
+    voxel size (:func:`~dsp_monai.transforms.geometry.isotropic_planes` of ``spacing``; one plane drawn uniformly
+    per item when there are several, none when there is none), so an anisotropic volume is never stretched.
 
     Args:
         class_names: the datalist's classes (zarr label crops are mapped onto them).
@@ -93,18 +101,29 @@ def training_transforms(
         rotate90_prob: probability of a random quarter turn.
         strong_view: add ``image_strong`` (FixMatch-style strong augmentation); off for the masks-only baseline.
         views: keyword arguments of :class:`~dsp_monai.transforms.views.WeakStrongViewsd`.
+        spacing: voxel size per spatial axis (the experiment's, :func:`~dsp_monai.data.experiment.resolve_spacing`):
+            the rotation planes, and the distances of the derived medoid points; None means isotropic.
+        class_crop_prob: None for uniformly random crops; else the probability that a crop is centred on a voxel of
+            a class drawn uniformly among those the item locates
+            (:class:`~dsp_monai.transforms.geometry.AnnotatedRandClassCropd`).
 
     Returns:
         One flat chain; a :class:`monai.data.CacheDataset` caches its deterministic prefix (up to the first random
         transform), so images are read and scaled once.
     """
-    chain = [*_loading(class_names, intensity_range), AddValidMaskd("image")]
+    chain = [*_loading(class_names, intensity_range), AddValidMaskd("image"), AnnotatedRandFlipd(prob=flip_prob)]
+    ndim = len(roi_size) if isinstance(roi_size, Sequence) else len(spacing) if spacing is not None else 2
+    rotations = [AnnotatedRandRotate90d(prob=rotate90_prob, spatial_axes=plane)
+                 for plane in isotropic_planes(ndim, spacing)]
+    if len(rotations) > 1:
+        chain.append(mt.OneOf(rotations))
+    else:
+        chain += rotations
     chain += [
-        AnnotatedRandFlipd(prob=flip_prob),
-        AnnotatedRandRotate90d(prob=rotate90_prob),
         AnnotatedSpatialPadd(roi_size),
-        AnnotatedRandSpatialCropd(roi_size),
-        DeriveWeakLabelsd("label"),
+        AnnotatedRandSpatialCropd(roi_size) if class_crop_prob is None
+        else AnnotatedRandClassCropd(roi_size, prob=class_crop_prob),
+        DeriveWeakLabelsd("label", spacing=spacing),
     ]
     if strong_view:
         chain.append(WeakStrongViewsd("image", **dict(views or {})))

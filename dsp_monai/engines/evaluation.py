@@ -113,11 +113,22 @@ def _stem(path: str) -> str:
     return os.path.splitext(name)[0]
 
 
+def _affine_of(meta, ndim: int) -> np.ndarray | None:
+    """The input's affine ``(ndim + 1, ndim + 1)`` float64 from its metadata (the original one when the image was
+    reoriented), or None."""
+    affine = meta.get("original_affine", meta.get("affine"))
+    if affine is None:
+        return None
+    affine = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    return affine if affine.shape == (ndim + 1, ndim + 1) else None
+
+
 class PredictionWriter:
     """Writes each predicted label map (uint8) in its input's format, plus an overlay PNG.
 
-    NIfTI inputs get a NIfTI mask with the input's affine; PNG / TIFF inputs a PNG / TIFF mask; NRRD / MHA inputs an
-    ITK image; zarr crops a zarr array (v2) with the source selector in its attributes. Files are named after the input
+    NIfTI inputs get a NIfTI mask with the input's affine (so its spacing and orientation); PNG / TIFF inputs a PNG /
+    TIFF mask; NRRD / MHA inputs an ITK image; zarr crops a zarr array (v2) with the source selector, the voxel size
+    (``spacing``) and the affine of the crop in its attributes. Files are named after the input
     in ``output_dir`` (``<stem>_seg.<ext>``); overlays go to ``output_dir/overlays``.
 
     Args:
@@ -157,6 +168,10 @@ class PredictionWriter:
             array[...] = labels
             array.attrs["source"] = source
             array.attrs["description"] = "predicted class ids (dsp_monai)"
+            affine = _affine_of(meta, labels.ndim)
+            if affine is not None:
+                array.attrs["spacing"] = [float(v) for v in np.linalg.norm(affine[:-1, :-1], axis=0)]
+                array.attrs["affine"] = affine.tolist()
         elif lower.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
@@ -184,16 +199,23 @@ class PredictionWriter:
         return path
 
     def write_overlay(self, image: np.ndarray, labels: np.ndarray, source: str) -> str:
-        """Writes the image with the predicted classes coloured over it (middle slice of 3D inputs)."""
+        """Writes the image and the image with the predicted classes coloured over it, side by side; for a volume
+        one such row per axis, each through the middle of that axis (rows padded to the widest with black)."""
         from PIL import Image
 
         from dsp_monai.engines.handlers import overlay
 
-        if image.ndim == 3:
-            image, labels = image[image.shape[0] // 2], labels[labels.shape[0] // 2]
+        if image.ndim == 2:
+            planes = [(image, labels)]
+        else:
+            planes = [(np.take(image, image.shape[a] // 2, axis=a), np.take(labels, labels.shape[a] // 2, axis=a))
+                      for a in range(image.ndim)]
+        rows = [np.concatenate([overlay(i, np.full(l.shape, -1), self.num_classes),
+                                overlay(i, l, self.num_classes)], axis=1) for i, l in planes]
+        width = max(row.shape[1] for row in rows)
+        picture = np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows], axis=0)
         folder = os.path.join(self.output_dir, "overlays")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, _stem(source) + "_overlay.png")
-        Image.fromarray(np.concatenate([overlay(image, np.full(labels.shape, -1), self.num_classes),
-                                        overlay(image, labels, self.num_classes)], axis=1)).save(path)
+        Image.fromarray(picture).save(path)
         return path

@@ -65,6 +65,7 @@ from monai.data.box_utils import spatial_crop_boxes
 from monai.transforms import Flip, MapTransform, Pad, Randomizable, Rotate90, SpatialCrop, Zoom
 
 from dsp_monai.annotations.vocabulary import (
+    ANNOTATION_TYPE,
     BOX_CLASSES,
     BOXES,
     IGNORE_VALUE,
@@ -78,6 +79,7 @@ from dsp_monai.annotations.vocabulary import (
 
 __all__ = [
     "AddValidMaskd",
+    "AnnotatedRandClassCropd",
     "AnnotatedFlipd",
     "AnnotatedRandFlipd",
     "AnnotatedRandRotate90d",
@@ -87,6 +89,7 @@ __all__ = [
     "AnnotatedSpatialCropd",
     "AnnotatedSpatialPadd",
     "AnnotatedZoomd",
+    "isotropic_planes",
 ]
 
 
@@ -685,3 +688,119 @@ class AnnotatedRandZoomd(Randomizable, _AnnotatedGeometry):
             return dict(data)
         out = self.zoom(data, self._factors, self.image_mode)
         return self.centre_to(out, shape) if self.keep_size else out
+
+
+def isotropic_planes(ndim: int, spacing: Sequence[float] | None = None, tolerance: float = 0.01) -> list[tuple]:
+    """The planes ``(a, b)`` (``a < b``) of spatial axes with equal voxel size, where a quarter turn maps the voxel
+    grid onto itself without stretching anything: every plane when ``spacing`` is None (isotropic), none for an
+    FIB-SEM stack of 10.48 x 8 x 8 nm but ``(1, 2)``.
+
+    Args:
+        ndim: 2 or 3.
+        spacing: voxel size per spatial axis, or None.
+        tolerance: relative difference below which two sizes count as equal.
+
+    Raises:
+        ValueError: when ``spacing`` does not have ``ndim`` positive values.
+
+    Example:
+        >>> isotropic_planes(3, (10.48, 8.0, 8.0))
+        [(1, 2)]
+    """
+    pairs = [(a, b) for a in range(ndim) for b in range(a + 1, ndim)]
+    if spacing is None:
+        return pairs
+    size = [float(v) for v in spacing]
+    if len(size) != ndim or min(size) <= 0:
+        raise ValueError(f"spacing must have {ndim} positive values, got {list(spacing)}.")
+    return [(a, b) for a, b in pairs if abs(size[a] - size[b]) <= tolerance * max(size[a], size[b])]
+
+
+class AnnotatedRandClassCropd(Randomizable, _AnnotatedGeometry):
+    """Crop a window of ``roi_size`` that contains a voxel of a class drawn uniformly among the classes the item
+    locates, so that rare and small classes appear in training patches as often as large ones (the MONAI idea of
+    ``RandCropByLabelClassesd`` with equal ratios, moving every annotation of the item with the crop).
+
+    The classes an item locates, and the voxels a class is drawn from:
+
+    - an item with a mask (``annotation_type`` ``"mask"`` or no such key): every voxel of the class in the mask
+      (the ignore value is no class);
+    - boxes present in the item: every voxel of a box of the class (a box drawn uniformly, then a voxel in it);
+    - points present in the item: the class's points.
+
+    A weakly annotated item whose boxes or points are derived from its mask *after* the crop (the paper's simulated
+    scenarios, :class:`~dsp_monai.transforms.weak_labels.DeriveWeakLabelsd`) locates nothing yet and, like a tagged
+    or unannotated item, gets a uniformly random window, so its crop never uses the mask it stands in for. With
+    probability ``1 - prob`` every item gets a uniform window. The window then lies uniformly among the positions
+    that contain the drawn voxel. Axes shorter than ``roi_size`` are kept whole (pad first for a fixed size).
+
+    Args:
+        roi_size: crop size per spatial axis (an int applies to every axis).
+        prob: probability of a class-centred window (else uniform).
+        annotation_type_key: the item key naming its annotation type.
+    """
+
+    __doc__ += _SHARED_ARGS_DOC
+
+    def __init__(self, roi_size: Sequence[int] | int, prob: float = 1.0, annotation_type_key: str = ANNOTATION_TYPE,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}.")
+        self.uniform = AnnotatedRandSpatialCropd(roi_size, **kwargs)
+        self.prob = float(prob)
+        self.annotation_type_key = annotation_type_key
+
+    def set_random_state(self, seed=None, state=None) -> AnnotatedRandClassCropd:
+        super().set_random_state(seed, state)
+        self.uniform.set_random_state(state=self.R)
+        return self
+
+    def _sources(self, d: Mapping, ndim: int) -> dict[int, list]:
+        """class -> list of ``("mask", flat indices)``, ``("boxes", (N, 2 * ndim))``, ``("points", (M, ndim))``."""
+        sources: dict[int, list] = {}
+        label = d.get(self.label_key) if self.label_key is not None else None
+        if label is not None and d.get(self.annotation_type_key, "mask") == "mask":
+            flat = _plain(label).reshape(-1).to(torch.int64).numpy()
+            for value in np.unique(flat):
+                if int(value) != self.ignore_index:
+                    sources.setdefault(int(value), []).append(("mask", np.flatnonzero(flat == value)))
+        for kind, keys in (("boxes", self.box_keys), ("points", self.point_keys)):
+            coords = self._annotations(d, keys, ndim, kind)
+            classes = d.get(keys[1])
+            if coords is None or classes is None or coords.shape[0] == 0:
+                continue
+            classes = _plain(classes).to(torch.int64).reshape(-1).numpy()
+            for value in np.unique(classes):
+                sources.setdefault(int(value), []).append((kind, coords.numpy()[classes == value]))
+        return sources
+
+    def _voxel(self, source, shape: tuple[int, ...]) -> list[int]:
+        kind, values = source
+        if kind == "mask":
+            return [int(v) for v in np.unravel_index(int(values[self.R.randint(len(values))]), shape)]
+        row = values[self.R.randint(len(values))]
+        if kind == "points":
+            return [int(v) for v in row]
+        ndim = len(shape)
+        return [int(self.R.randint(row[a], row[a + ndim])) for a in range(ndim)]
+
+    def randomize(self, d: Mapping, shape: tuple[int, ...]) -> list[int] | None:
+        """The start of a window containing a drawn class voxel, or None for a uniform window."""
+        centred = self.R.random_sample() < self.prob
+        sources = self._sources(d, len(shape)) if centred else {}
+        if not sources:
+            return None
+        classes = sorted(sources)
+        options = sources[classes[self.R.randint(len(classes))]]
+        voxel = self._voxel(options[self.R.randint(len(options))], shape)
+        size = self.uniform._size(shape)
+        return [int(self.R.randint(max(0, v - r + 1), min(v, s - r) + 1)) for v, r, s in zip(voxel, size, shape)]
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        shape = self._shape(data)
+        start = self.randomize(data, shape)
+        if start is None:
+            return self.uniform(data)
+        end = [b + r for b, r in zip(start, self.uniform._size(shape))]
+        return self.crop(data, start, end)

@@ -134,8 +134,8 @@ def test_configuration_mismatches_are_named(folder, tmp_path):
     assert len(raised.value.problems) == 4  # every image of every section, not only the first
     assert raised.value.problems[0].endswith(
         "section 'training', item 0, key 'image': " + str(folder / "img0.png") + " is a 2D image of spatial shape "
-        "[64, 64], but the network expects 3D images (spatial_dims: 3); cut 2D slices (zarr: ?axis=z&index=..) or "
-        "use a 3D configuration."
+        "[64, 64], but the network expects 3D images (spatial_dims: 3); give 3D volumes, or train in 2D with "
+        "bundle/configs/train.yaml alone (without train_3d.yaml)."
     )
 
 

@@ -1,0 +1,51 @@
+"""benchmarks/bench_3d.py without training: epoch times read from a resumed run's log, and the memory estimate
+against a hand count on a network small enough to count."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_3d", BENCHMARKS / "bench_3d.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_epoch_times_of_a_resumed_run_count_each_epoch_once(bench, tmp_path):
+    log = tmp_path / "train.log"
+    prefix = "2026-11-30 11:53:43,450 - ignite.engine.engine.MethodTrainer - INFO - "
+    log.write_text(
+        f"{prefix}Epoch[1] Complete. Time taken: 00:02:21.460\n"
+        "... SupervisedEvaluator - INFO - Epoch[1] Complete. Time taken: 00:00:31.000\n"  # validation: not counted
+        f"{prefix}Epoch[2] Complete. Time taken: 00:01:00.000\n"
+        f"{prefix}Epoch[2] Complete. Time taken: 01:00:01.500\n"  # epoch 2 again after an interruption
+    )
+    assert bench.epoch_seconds(log) == {1: 141.46, 2: 3601.5}
+    assert bench.epoch_seconds(tmp_path / "missing.log") == {}
+
+
+def test_profiles_are_read_from_train_3d(bench):
+    cpu, gpu = bench.profile_sizes("cpu"), bench.profile_sizes("gpu")
+    assert gpu["roi_size"] == [96, 96, 96] and len(cpu["roi_size"]) == 3
+    assert all(side % 16 == 0 for side in cpu["roi_size"] + gpu["roi_size"])  # four poolings of the BasicUNet
+
+
+def test_memory_estimate_scales_with_the_patch_and_counts_parameters_four_times(bench):
+    sizes = {"features": [2, 2, 2, 2, 2, 2], "embedding_dim": 2, "batch_size": 1, "roi_size": [32, 32, 32]}
+    small = bench.estimate_bytes(sizes)
+    large = bench.estimate_bytes({**sizes, "roi_size": [64, 64, 64]})
+    assert small["state_bytes"] == 16 * small["parameters"] == large["state_bytes"]
+    # every leaf output scales with the voxel count, except the per-image ones (prototype norms and the like)
+    assert 7.5 < large["activation_bytes"] / small["activation_bytes"] <= 8.0
+    assert bench.estimate_bytes(sizes, bytes_per_value=2)["activation_bytes"] * 2 == small["activation_bytes"]
