@@ -1,25 +1,14 @@
 """benchmarks/bench_3d.py without training: epoch times read from a resumed run's log, and the memory estimate
 against a hand count on a network small enough to count."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_3d", BENCHMARKS / "bench_3d.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("bench_3d")
 
 
 def test_epoch_times_of_a_resumed_run_count_each_epoch_once(bench, tmp_path):

@@ -1,28 +1,20 @@
 """The aggregation and bookkeeping of benchmarks/bench_accuracy.py on fake results and fake run folders (no
 training): tables in the paper's layout, paired differences, per class, plots, resume."""
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_modules import BENCHMARKS, load_benchmark
+
 BENCH = BENCHMARKS / "bench_accuracy.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_accuracy", BENCH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark("bench_accuracy")
 
 
 def fake(test, val=None, per_class=None):

@@ -1,22 +1,14 @@
 """The curve analysis and bookkeeping of benchmarks/bench_budget.py on hand-made curves and fake run folders (no
 training)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_modules import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("bench_budget", BENCHMARKS / "bench_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_budget")
 
 
 def test_trailing_mean_covers_full_windows_only(bench):

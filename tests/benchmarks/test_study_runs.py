@@ -1,17 +1,16 @@
 """The study runner on a tiny real study (U-Net and DSP, 4 iterations of a tiny network, through the bundle CLI):
 resume, the DSP snapshots, and the builders of Figures 4 and 5 (benchmarks/study_figures.py)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from benchmark_modules import load_benchmark
+
 TINY = """roi_size: [64, 64]
 sizes#cpu#features: [4, 4, 8, 8, 16, 4]
 sizes#cpu#embedding_dim: 8
@@ -25,14 +24,7 @@ warmup_iterations: 2
 
 
 def _module(name):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    return load_benchmark(name)
 
 
 @pytest.fixture(scope="module")
