@@ -83,7 +83,9 @@ def load_image(path: str, preprocessing: Callable, name: str | None = None, spat
         else:
             expected = "single-channel 3D volumes (z, y, x) (--conf dimension 3); start it with --conf dimension 2 " \
                        "for 2D images"
-        raise ImageFormatError(f"{name}: an array of shape {spatial} ({len(spatial)} axes); the app segments {expected}")
+        raise ImageFormatError(
+            f"{name}: an array of shape {spatial} ({len(spatial)} axes); the app segments {expected}"
+        )
     return image
 
 

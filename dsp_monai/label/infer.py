@@ -13,7 +13,8 @@ Request parameters (form field ``params`` of ``POST /infer/dsp``, a JSON object;
 - ``keep_clicks``: true to store the clicks as points of the image's weak annotations (the app does that).
 
 The label has the image's shape and array order, uint8 class ids (PNG for PNG / JPEG / TIFF images, NIfTI with the
-image's affine for NIfTI images and volumes). The model is read from ``model.pt`` and read again whenever the file changes.
+image's affine for NIfTI images and volumes). The model is read from ``model.pt`` and read again whenever the file
+changes.
 """
 
 from __future__ import annotations
