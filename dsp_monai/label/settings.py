@@ -213,10 +213,6 @@ class BundleView:
         all-ignore label)."""
         return self.get("validate#preprocessing")
 
-    def spatial_dims(self) -> int:
-        """2 for images, 3 for volumes (the configuration's ``spatial_dims``)."""
-        return int(self.get("spatial_dims"))
-
     def inferer(self):
         """The validation inferer (a sliding window of the training crop size)."""
         return self.get("validate#inferer")

@@ -86,7 +86,7 @@ def test_settings_select_the_3d_override(app):
     settings, _ = app
     assert [path.rsplit("/", 2)[-2:] for path in settings.config_files] == [["configs", "train.yaml"],
                                                                             ["configs", "train_3d.yaml"]]
-    assert settings.bundle().spatial_dims() == 3
+    assert settings.bundle().get("spatial_dims") == 3
     assert AppSettings.from_conf(settings.app_dir, {}).config_files == settings.config_files[:1]
 
 
