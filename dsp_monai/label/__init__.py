@@ -1,5 +1,5 @@
-"""MONAI Label app of dsp_monai: segment 2D images with clicks, train from masks, boxes, points and tags kept in the
-datastore (user guide: docs/label.md).
+"""MONAI Label app of dsp_monai: segment 2D images with clicks (or volumes, ``--conf dimension 3``), train from
+masks, boxes, points and tags kept in the datastore (user guide: docs/label.md).
 
 - :mod:`dsp_monai.label.app`: :class:`~dsp_monai.label.app.DSPLabelApp`, the MONAILabelApp (infer and train tasks
   ``dsp``); :mod:`dsp_monai.label.server`: the server's ASGI app; ``python -m dsp_monai.label start_server``;

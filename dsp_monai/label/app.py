@@ -54,6 +54,7 @@ class DSPLabelApp(MONAILabelApp):
             self.studies,
             class_names=self.settings.class_names,
             preprocessing=self.settings.bundle().preprocessing(),
+            spatial_dims=self.settings.dimension,
             extensions=server_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=server_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=server_settings.MONAI_LABEL_DATASTORE_READ_ONLY,

@@ -1,6 +1,7 @@
 """The app's datastore: MONAI Label's local datastore, checking what clients store in it.
 
-- uploaded images must be single-channel 2D images the bundle's preprocessing reads (else 415 / 400);
+- uploaded images must be single-channel images of the app's dimension (2D images, or volumes with
+  ``--conf dimension 3``) the bundle's preprocessing reads (else 415 / 400);
 - final masks must be class ids (or 255) of their image's shape (else 400);
 - weak annotations put in an image's info under :data:`~dsp_monai.label.annotations.INFO_KEY` must pass the datalist
   rules and lie inside the image (else 400, the message naming the field).
@@ -36,12 +37,15 @@ class DSPDatastore(LocalDatastore):
         studies: the studies folder.
         class_names: the app's classes.
         preprocessing: the bundle's validation preprocessing (reads an image as the network sees it).
+        spatial_dims: 2 (images) or 3 (volumes).
         **kwargs: LocalDatastore arguments (extensions, auto_reload, read_only).
     """
 
-    def __init__(self, studies: str, class_names: Sequence[str], preprocessing: Callable, **kwargs: Any) -> None:
+    def __init__(self, studies: str, class_names: Sequence[str], preprocessing: Callable, spatial_dims: int = 2,
+                 **kwargs: Any) -> None:
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
+        self.spatial_dims = spatial_dims
         super().__init__(studies, **kwargs)
 
     def _image_or_404(self, image_id: str) -> str:
@@ -50,18 +54,18 @@ class DSPDatastore(LocalDatastore):
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
         return path
 
-    def spatial_shape(self, image_id: str) -> tuple[int, int]:
-        """(rows, columns) of a datastore image."""
+    def spatial_shape(self, image_id: str) -> tuple[int, ...]:
+        """(rows, columns), or (z, y, x) of a volume, of a datastore image."""
         path = self._image_or_404(image_id)
         try:
-            image = load_image(path, self.preprocessing, f"image {image_id!r}")
+            image = load_image(path, self.preprocessing, f"image {image_id!r}", self.spatial_dims)
         except ImageFormatError as error:
             raise image_format_http_error(error) from error
         return tuple(int(s) for s in image.shape[1:])
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         try:
-            load_image(image_filename, self.preprocessing, f"upload {image_id!r}")
+            load_image(image_filename, self.preprocessing, f"upload {image_id!r}", self.spatial_dims)
         except ImageFormatError as error:
             raise image_format_http_error(error) from error
         return super().add_image(image_id, image_filename, image_info)

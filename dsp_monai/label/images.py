@@ -1,7 +1,7 @@
 """Reading the app's images and masks with the bundle's preprocessing, checking them, and writing predicted masks.
 
-Masks come back the same height x width as their image, in its array order (row, column): uint8 PNG for PNG, JPEG
-and TIFF images, NIfTI (with the image's affine) for NIfTI images.
+Masks come back the same shape as their image, in its array order ((row, column), or (z, y, x) for volumes): uint8
+PNG for PNG, JPEG and TIFF images, NIfTI (with the image's affine) for NIfTI images and volumes.
 
 This module does not import MONAI Label.
 """
@@ -24,7 +24,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", *NIFTI_SUFFIXES)
 
 
 class ImageFormatError(ValueError):
-    """A file that is not an image the app can segment (unreadable, or not a single-channel 2D image)."""
+    """A file that is not an image the app can segment (unreadable, or not a single-channel image of the app's
+    dimension)."""
 
     def __init__(self, message: str, unsupported: bool = False) -> None:
         super().__init__(message)
@@ -53,16 +54,19 @@ def _check_suffix(path: str, name: str) -> None:
         )
 
 
-def load_image(path: str, preprocessing: Callable, name: str | None = None) -> torch.Tensor:
-    """The image at ``path`` after the bundle's preprocessing, as a (1, rows, cols) tensor with its metadata.
+def load_image(path: str, preprocessing: Callable, name: str | None = None, spatial_dims: int = 2) -> torch.Tensor:
+    """The image at ``path`` after the bundle's preprocessing, as a (1, rows, cols) tensor (or (1, z, y, x) for
+    ``spatial_dims`` 3) with its metadata.
 
     Args:
         path: the image file.
         preprocessing: the bundle's validation preprocessing (takes ``{"image": path}``).
         name: how messages call the image (default: the path).
+        spatial_dims: 2 (the app segments images) or 3 (volumes, ``--conf dimension 3``).
 
     Raises:
-        ImageFormatError: an unsupported suffix, an unreadable file, or not a single-channel 2D image.
+        ImageFormatError: an unsupported suffix, an unreadable file, or not a single-channel image of
+            ``spatial_dims`` axes.
     """
     name = name or path
     _check_suffix(path, name)
@@ -72,11 +76,15 @@ def load_image(path: str, preprocessing: Callable, name: str | None = None) -> t
         cause = _root_cause(error)
         raise ImageFormatError(f"{name}: cannot be read as an image ({type(cause).__name__}: {cause})",
                                unsupported=True) from error
-    if image.dim() != 3 or image.shape[0] != 1:
+    if image.dim() != spatial_dims + 1 or image.shape[0] != 1:
         spatial = list(image.shape[1:])
+        if spatial_dims == 2:
+            expected = "single-channel 2D images (rows x columns); start it with --conf dimension 3 for volumes"
+        else:
+            expected = "single-channel 3D volumes (z, y, x) (--conf dimension 3); start it with --conf dimension 2 " \
+                       "for 2D images"
         raise ImageFormatError(
-            f"{name}: an array of shape {spatial} ({len(spatial)} axes); the app segments single-channel 2D images "
-            "(rows x columns)"
+            f"{name}: an array of shape {spatial} ({len(spatial)} axes); the app segments {expected}"
         )
     return image
 
@@ -97,7 +105,7 @@ def load_mask(path: str, spatial_shape: Sequence[int], num_classes: int, name: s
     array = np.asarray(mask)
     if tuple(array.shape) != tuple(spatial_shape):
         raise ImageFormatError(
-            f"{name}: the mask has shape {list(array.shape)} but its image has {list(spatial_shape)} (rows, columns); "
+            f"{name}: the mask has shape {list(array.shape)} but its image has {list(spatial_shape)} (array order); "
             "save a single-channel mask of class ids the size of the image"
         )
     values = np.unique(array)
@@ -114,7 +122,7 @@ def mask_suffix(image_path: str) -> str:
 
 
 def write_mask(labels: np.ndarray, image_path: str, affine: np.ndarray | None, destination: str) -> str:
-    """Writes a (rows, cols) map of class ids (uint8) in the format :func:`mask_suffix` names.
+    """Writes a (rows, cols) or (z, y, x) map of class ids (uint8) in the format :func:`mask_suffix` names.
 
     Args:
         labels: class ids in the image's array order.

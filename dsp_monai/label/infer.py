@@ -1,5 +1,6 @@
 """The infer task ``dsp``: segment a 2D image with the published model, optionally refined with the request's
-clicks.
+clicks; or, with ``--conf dimension 3``, a volume by a sliding window over it (the bundle's 3D override; clicks and
+refinement are refused there: they are 2D only).
 
 Request parameters (form field ``params`` of ``POST /infer/dsp``, a JSON object; every key is optional):
 
@@ -11,8 +12,9 @@ Request parameters (form field ``params`` of ``POST /infer/dsp``, a JSON object;
   override the app's defaults;
 - ``keep_clicks``: true to store the clicks as points of the image's weak annotations (the app does that).
 
-The label has the image's height x width and array order, uint8 class ids (PNG for PNG / JPEG / TIFF images,
-NIfTI for NIfTI). The model is read from ``model.pt`` and read again whenever the file changes.
+The label has the image's shape and array order, uint8 class ids (PNG for PNG / JPEG / TIFF images, NIfTI with the
+image's affine for NIfTI images and volumes). The model is read from ``model.pt`` and read again whenever the file
+changes.
 """
 
 from __future__ import annotations
@@ -78,13 +80,18 @@ class DSPInferTask(BasicInferTask):
         self.settings = settings
         self.bundle = settings.bundle()
         self.preprocessing = self.bundle.preprocessing()
+        self.spatial_dims = settings.dimension
+        if self.spatial_dims == 3:
+            description = "DSP segmentation of 3D volumes (sliding window); click refinement is 2D only"
+        else:
+            description = "DSP segmentation of 2D images; clicks refine the head (refine: true)"
         super().__init__(
             path=settings.model_path,
             network=self.bundle.network(),
             type=InferType.DEEPEDIT,
             labels={name: index for index, name in enumerate(settings.class_names)},
-            dimension=2,
-            description="DSP segmentation of 2D images; clicks refine the head (refine: true)",
+            dimension=self.spatial_dims,
+            description=description,
             config={
                 "refine": False,
                 "keep_clicks": False,
@@ -112,11 +119,22 @@ class DSPInferTask(BasicInferTask):
                 detail=f"no trained model yet ({self.settings.model_path} is missing): save final masks and weak "
                 "annotations, then POST /train/dsp (or start the server with --model)",
             )
+        name = f"image {request.get('image_id', req['image'])!r}"
         try:
-            image = load_image(req["image"], self.preprocessing, f"image {request.get('image_id', req['image'])!r}")
+            image = load_image(req["image"], self.preprocessing, name, self.spatial_dims)
         except ImageFormatError as error:
             raise image_format_http_error(error) from error
         shape = tuple(int(s) for s in image.shape[1:])
+        if self.spatial_dims == 3:
+            given = [key for key in ("foreground", "background") if request.get(key)] + \
+                [key for key in ("refine", "keep_clicks") if is_true(request.get(key))]
+            if given:
+                raise HTTPException(
+                    status_code=400,
+                    detail=f"request field '{given[0]}': {name} is a volume of shape {list(shape)}; clicks and click "
+                    "refinement work on 2D images only (an app started with --conf dimension 2); send the volume "
+                    "without clicks to segment it",
+                )
         try:
             points, classes = request_clicks(req, self.settings.class_names, self.settings.values["background_label"],
                                              shape)

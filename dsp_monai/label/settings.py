@@ -31,6 +31,9 @@ DEFAULT_CONF = {
     "bundle": "",
     # class names: a JSON list or comma-separated names; "" = the bundle metadata's channel_def
     "labels": "",
+    # 2: images (rows x columns); 3: volumes (z, y, x), with the bundle's 3D override configs/train_3d.yaml for
+    # inference and training (docs/volumes.md); click refinement is 2D only
+    "dimension": "2",
     # bundle config overrides for inference and training, a JSON object {"id": value}
     "overrides": "{}",
     # share of the images with a final mask held out for validation (when it rounds to 0 images, the masked
@@ -55,6 +58,7 @@ DEFAULT_CONF = {
 }
 
 TRAIN_CONFIG = os.path.join("configs", "train.yaml")
+TRAIN_3D_CONFIG = os.path.join("configs", "train_3d.yaml")
 METADATA = os.path.join("configs", "metadata.json")
 LOGGING = os.path.join("configs", "logging.conf")
 
@@ -117,8 +121,12 @@ class AppSettings:
                        overrides, values)
         for key in ("val_split", "refine_learning_rate", "refine_time_limit", "refine_radius", "refine_confidence"):
             settings.number(key)
-        for key in ("val_seed", "refine_steps", "val_interval"):
+        for key in ("val_seed", "refine_steps", "val_interval", "dimension"):
             settings.integer(key)
+        if settings.dimension not in (2, 3):
+            raise ValueError(f"--conf dimension: expected 2 (images) or 3 (volumes), got {values['dimension']!r}")
+        if settings.dimension == 3 and not os.path.isfile(os.path.join(root, TRAIN_3D_CONFIG)):
+            raise ValueError(f"--conf dimension: 3 needs {TRAIN_3D_CONFIG}, which {root} does not hold")
         if not 0.0 <= settings.number("val_split") < 1.0:
             raise ValueError(f"--conf val_split: expected a share in [0, 1), got {values['val_split']!r}")
         return settings
@@ -136,6 +144,17 @@ class AppSettings:
             raise ValueError(f"--conf {key}: expected an integer, got {self.values[key]!r}") from error
 
     @property
+    def dimension(self) -> int:
+        """2 (images) or 3 (volumes), from ``--conf dimension``."""
+        return self.integer("dimension")
+
+    @property
+    def config_files(self) -> list[str]:
+        """The bundle's configuration files: ``train.yaml``, then ``train_3d.yaml`` for volumes."""
+        files = [TRAIN_CONFIG] + ([TRAIN_3D_CONFIG] if self.dimension == 3 else [])
+        return [os.path.join(self.bundle_root, name) for name in files]
+
+    @property
     def model_dir(self) -> str:
         return os.path.join(self.app_dir, "model")
 
@@ -148,7 +167,7 @@ class AppSettings:
         return os.path.join(self.app_dir, "runs")
 
     def bundle(self) -> "BundleView":
-        return BundleView(self.bundle_root, self.class_names, self.overrides)
+        return BundleView(self.bundle_root, self.class_names, self.overrides, self.config_files)
 
 
 class BundleView:
@@ -158,21 +177,20 @@ class BundleView:
         bundle_root: the bundle folder.
         class_names: the app's classes (they replace the datalist's, so no datalist is read).
         overrides: further ``{"id": value}`` overrides.
+        config_files: the configuration files, merged in order (default: the bundle's ``train.yaml``).
     """
 
-    def __init__(self, bundle_root: str, class_names: Sequence[str], overrides: Mapping[str, Any]) -> None:
+    def __init__(self, bundle_root: str, class_names: Sequence[str], overrides: Mapping[str, Any],
+                 config_files: Sequence[str] | None = None) -> None:
         self.bundle_root = bundle_root
+        self.config_files = list(config_files or [os.path.join(bundle_root, TRAIN_CONFIG)])
         self.parser = ConfigParser()
-        self.parser.read_config(os.path.join(bundle_root, TRAIN_CONFIG))
+        self.parser.read_config(self.config_files)
         # The preprocessing takes the configured intensity range itself: the bundle's default reads it from the
         # prepared experiment, which would read (or generate) a datalist when the server starts.
         self.parser.update({"bundle_root": bundle_root, "class_names": list(class_names),
                             "validate#preprocessing#intensity_range": "@intensity_range", **dict(overrides)})
         self.parser.get_parsed_content("imports")
-
-    @property
-    def config_file(self) -> str:
-        return os.path.join(self.bundle_root, TRAIN_CONFIG)
 
     @property
     def metadata_file(self) -> str:

@@ -4,7 +4,9 @@ Each request gets a fresh folder ``<app>/runs/train_<time>``: the datalist built
 (:mod:`dsp_monai.label.datalist`) is written there as ``datalist.json``, and the bundle's ``training`` workflow
 runs with overrides only (``datalist``, ``output_dir``, ``models_dir``, ``acr 0`` so every item keeps the
 annotation it has, ``max_epochs``, ``val_interval``), so nothing is resumed from an earlier request and no
-synthetic data is generated. With ``pretrained`` (default) training starts from the published model. Validation
+synthetic data is generated. With ``--conf dimension 3`` the bundle's 3D override ``configs/train_3d.yaml`` is
+merged after ``train.yaml`` (3D network, patches and sliding-window validation over the datastore's volumes). With
+``pretrained`` (default) training starts from the published model. Validation
 writes the best model to ``<app>/model/model.pt``, which the infer task reads again.
 
 Request parameters (``POST /train/dsp``, JSON body): ``max_epochs``, ``val_split``, ``pretrained``, and
@@ -104,7 +106,7 @@ class DSPTrainTask(TrainTask):
         monai.bundle.run(
             run_id="training",
             meta_file=view.metadata_file,
-            config_file=view.config_file,
+            config_file=view.config_files,
             logging_file=view.logging_file,
             **overrides,
         )

@@ -37,6 +37,8 @@ def test_labels_and_overrides_reach_the_network(tmp_path):
         ({"val_split": "1.5"}, r"--conf val_split: expected a share in \[0, 1\)"),
         ({"refine_steps": "ten"}, r"--conf refine_steps: expected an integer, got 'ten'"),
         ({"refine_time_limit": "soon"}, r"--conf refine_time_limit: expected a number, got 'soon'"),
+        ({"dimension": "4"}, r"--conf dimension: expected 2 \(images\) or 3 \(volumes\), got '4'"),
+        ({"dimension": "3d"}, r"--conf dimension: expected an integer, got '3d'"),
         ({"bundle": "/nonexistent"}, r"--conf bundle: /nonexistent holds no configs/train.yaml"),
     ],
 )
