@@ -146,6 +146,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_dir(root: Path, method: str, acr: int, seed: int) -> Path:
+    """The folder of one 3D run."""
+    return root / method / f"acr{acr}" / f"seed{seed}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.measure_step:
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
     results = {}
     for seed in args.seeds:
         for method in args.methods:
-            folder = acc.run_dir(root, method, args.acr, seed)
+            folder = run_dir(root, method, args.acr, seed)
             if not args.report_only:
                 acc.execute(folder, configs_of(method), args.acr, seed, {})
             result = acc.load_result(folder)
