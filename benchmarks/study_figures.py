@@ -132,13 +132,20 @@ def figure4(panels, path: Path, count: int = 3, title: str = "") -> None:
             if row == 0:
                 axis.set_title(name, fontsize=7)
     handles = [Patch(color=colours[i], label=name) for i, name in enumerate(first["class_names"])]
+    _save(figure, handles, title, path, rect=(0, 0.08, 1, 0.96))
+
+
+
+def _save(figure, handles, title: str | None, path: Path, rect) -> None:
+    """A figure's shared ending: the class legend below the panels, the title, the layout within ``rect``, the PNG."""
+    import matplotlib.pyplot as plt
+
     figure.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=6, frameon=False)
     if title:
         figure.suptitle(title, fontsize=8)
-    figure.tight_layout(rect=(0, 0.08, 1, 0.96))
+    figure.tight_layout(rect=rect)
     figure.savefig(path)
     plt.close(figure)
-
 
 def snapshots(folder: Path) -> list[tuple[int, Path]]:
     """The network snapshots of a run, ``(iteration, path)`` by iteration."""
@@ -235,9 +242,4 @@ def figure5(folder: Path, path: Path, num_images: int = 4, per_class: int = 150,
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[i], label=class_names[i]) for i in present]
     handles.append(plt.Line2D([], [], marker="*", linestyle="", color="white", markeredgecolor="black",
                               markersize=9, label="prototypes"))
-    figure.legend(handles=handles, loc="lower center", ncol=min(6, len(handles)), fontsize=6, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=8)
-    figure.tight_layout(rect=(0, 0.1, 1, 0.95))
-    figure.savefig(path)
-    plt.close(figure)
+    _save(figure, handles, title, path, rect=(0, 0.1, 1, 0.95))
