@@ -29,17 +29,21 @@ Resumable: a run whose ``test_metrics.json`` reads back is skipped, a run that f
     python benchmarks/bench_accuracy.py --variant ce_dice --set supervised_loss=ce_dice --methods unet dsp
     python benchmarks/bench_accuracy.py --report-only --variant default ce_dice --scenarios mixed boxes
     python benchmarks/bench_accuracy.py --figures --methods unet fixmatch_plf dsp --acrs 32 --seeds 0
+    python benchmarks/bench_accuracy.py --budget --variant ce_dice --set supervised_loss=ce_dice --methods unet dsp
     python benchmarks/bench_accuracy.py --gpu                             # on a GPU machine: the paper-size profile
     python benchmarks/bench_accuracy.py --ablation configs/sweeps/ablation.yaml --acrs 32 --seeds 0 1
 
-On a CPU the study profile ``configs/sweeps/cpu_study.yaml`` is added before the caller's ``--config`` files; with
-``--gpu`` it is not, and the bundle picks its GPU profile (the paper's U-Net and batch) by itself. DSP runs write
+Profiles (:func:`profile_of`): on a CPU the study profile ``configs/sweeps/cpu_study.yaml`` (300 iterations: a
+quick look, too short to measure what weak labels add) is added before the caller's ``--config`` files; ``--budget``
+adds the study's budget ``configs/sweeps/cpu_budget.yaml`` after it (4000 iterations, where the masks-only U-Net
+at ACR 1 reaches its validation plateau); with ``--gpu`` neither is, and the bundle picks its GPU profile (the
+paper's U-Net and batch) by itself. Each profile has its own run root, RESULTS.md section and plots. DSP runs write
 snapshots of the network at 10 %, 50 % and 100 % of training (``snapshot_iterations``) for Figure 5.
 
 Writes the tables (Table 3: mixed; Table 2: one block per single weak type; the weak labels' own share; paired
 differences to the U-Net and to FixMatch + PLF; per seed; validation; per class) with the machine and the exact
-command to the ``accuracy-cpu`` / ``accuracy-gpu`` section of benchmarks/RESULTS.md, and one Dice-versus-ACR plot per
-scenario to benchmarks/accuracy_vs_acr[_<scenario>][_gpu].png. ``--figures`` instead draws Figure 4 (test images,
+command to the ``accuracy-<profile>`` section of benchmarks/RESULTS.md, and one Dice-versus-ACR plot per scenario
+to benchmarks/accuracy_vs_acr[_<scenario>][_<profile>].png (no profile name for ``cpu``). ``--figures`` instead draws Figure 4 (test images,
 ground truth and every method's prediction, at the largest ``--acrs`` and the first seed) and Figure 5 (t-SNE of the
 DSP run's prototypes and pixel embeddings at its snapshots) with :mod:`study_figures`. ``--ablation FILE`` trains the
 variants of FILE (a YAML mapping ``name: {description, overrides}``, overrides being bundle config ids applied to the
@@ -76,6 +80,8 @@ PAPER_ORDER = ("unet", "cls_branch", "box_projection", "euclidean_branch", "geod
 # The baselines every method is compared with on the same seed.
 REFERENCES = ("unet", "fixmatch_plf")
 CPU_PROFILE = "configs/sweeps/cpu_study.yaml"
+# The study's budget (docs/experiments.md): laid over CPU_PROFILE by --budget.
+BUDGET_PROFILE = "configs/sweeps/cpu_budget.yaml"
 DEFAULT_VARIANT = "default"
 # What each scenario sets (bundle config ids) and what it means.
 SCENARIOS = {
@@ -482,15 +488,36 @@ def plot(results: dict, scenario: str, path: Path, title: str) -> dict:
     return drawn
 
 
+def profile_of(args) -> tuple[str, list[str]]:
+    """The profile of a command (``cpu``, ``budget`` or ``gpu``) and the config files it lays after the method file.
+
+    Raises:
+        SystemExit: for ``--gpu`` with ``--budget``.
+    """
+    if args.gpu and args.budget:
+        raise SystemExit("--gpu and --budget exclude each other: --budget is the CPU study's budget, --gpu the "
+                         "paper-size profile of a GPU machine")
+    if args.gpu:
+        return "gpu", []
+    if args.budget:
+        return "budget", [CPU_PROFILE, BUDGET_PROFILE]
+    return "cpu", [CPU_PROFILE]
+
+
+def _suffix(profile: str) -> str:
+    return "" if profile == "cpu" else f"_{profile}"
+
+
 def plot_path(scenario: str, profile: str) -> Path:
-    """benchmarks/accuracy_vs_acr[_<scenario>][_gpu].png (the mixed scenario without the scenario's name)."""
-    name = "accuracy_vs_acr" + ("" if scenario == "mixed" else f"_{scenario}") + ("" if profile == "cpu" else "_gpu")
+    """benchmarks/accuracy_vs_acr[_<scenario>][_<profile>].png (the mixed scenario without the scenario's name, the
+    cpu profile without the profile's)."""
+    name = "accuracy_vs_acr" + ("" if scenario == "mixed" else f"_{scenario}") + _suffix(profile)
     return REPO / "benchmarks" / f"{name}.png"
 
 
 def figure_paths(profile: str) -> dict:
     """The paths of Figures 4 and 5 of a profile."""
-    suffix = "" if profile == "cpu" else "_gpu"
+    suffix = _suffix(profile)
     return {"figure4": REPO / "benchmarks" / f"figure4_predictions{suffix}.png",
             "figure5": REPO / "benchmarks" / f"figure5_tsne{suffix}.png"}
 
@@ -609,6 +636,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="output root (default: runs/study/<profile>, or runs/ablation/<profile>)")
     parser.add_argument("--gpu", action="store_true",
                         help="the paper-size profile of a GPU machine (needs CUDA; no CPU study overlay)")
+    parser.add_argument("--budget", action="store_true",
+                        help=f"the CPU study at its budget: {BUDGET_PROFILE} over {CPU_PROFILE} (runs under "
+                             "runs/study/budget, section accuracy-budget of RESULTS.md)")
     parser.add_argument("--ablation", default=None, metavar="FILE",
                         help="train the variants of FILE with the DSP method and report validation Dice")
     parser.add_argument("--variants", nargs="+", default=None, metavar="NAME",
@@ -715,7 +745,7 @@ def build_figures(args, root: Path, profile: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    profile = "gpu" if args.gpu else "cpu"
+    profile, configs_profile = profile_of(args)
     if args.gpu:
         import torch
 
@@ -724,7 +754,7 @@ def main(argv=None) -> int:
     if len(args.variant) > 1 and not (args.report_only or args.figures):
         raise SystemExit("--variant: several names only with --report-only or --figures (a variant's settings are "
                          "the --config / --set of its own command)")
-    configs_extra = ([] if args.gpu else [CPU_PROFILE]) + list(args.config)
+    configs_extra = configs_profile + list(args.config)
     shared = _overrides(args.set)
     kind = "ablation" if args.ablation else "study"
     root = Path(args.root) if args.root else REPO / "runs" / kind / profile
@@ -766,7 +796,7 @@ def main(argv=None) -> int:
     if variants:
         header = (
             f"Machine: {common.machine()}. Profile: {profile} "
-            f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}); configs after the method file: "
+            f"({'bundle GPU sizes' if args.gpu else ' + '.join(configs_profile)}); configs after the method file: "
             f"{', '.join(configs_extra) or 'none'}" + (f"; overrides {shared}" if shared else "") + ".\n\n" + command
         )
         markdown = (
@@ -782,7 +812,7 @@ def main(argv=None) -> int:
             common.write_section(Path(args.ablation).stem, markdown)
         return 0
     header = (f"Machine: {common.machine()}. Profile: {profile} "
-              f"({'bundle GPU sizes' if args.gpu else CPU_PROFILE}).\n\n" + command + variant_settings(results, folders))
+              f"({'bundle GPU sizes' if args.gpu else ' + '.join(configs_profile)}).\n\n" + command + variant_settings(results, folders))
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
     plots = {s: plot_path(s, profile).name for s in scenarios}
     figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}

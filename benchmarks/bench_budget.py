@@ -41,7 +41,7 @@ import bench_accuracy  # noqa: E402
 import common  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILE = "configs/sweeps/cpu_budget.yaml"
+PROFILE = bench_accuracy.BUDGET_PROFILE
 PLOT = "budget_learning_curve.png"
 LOSS_LABELS = {"ce": "CE", "ce_dice": "CE + Dice"}
 

@@ -170,6 +170,19 @@ def test_plot_draws_mean_and_std_per_method_and_variant(bench, tmp_path):
     assert drawn["U-Net (masks only) [dice]"][:2] == ([32], [25.0])
     assert bench.plot_path("mixed", "cpu").name == "accuracy_vs_acr.png"
     assert bench.plot_path("boxes", "gpu").name == "accuracy_vs_acr_boxes_gpu.png"
+    assert bench.plot_path("mixed", "budget").name == "accuracy_vs_acr_budget.png"
+    assert bench.figure_paths("budget")["figure4"].name == "figure4_predictions_budget.png"
+
+
+def test_profiles_choose_the_config_files_and_budget_excludes_gpu(bench):
+    assert bench.profile_of(bench.parse_args([])) == ("cpu", ["configs/sweeps/cpu_study.yaml"])
+    assert bench.profile_of(bench.parse_args(["--budget"])) == (
+        "budget", ["configs/sweeps/cpu_study.yaml", "configs/sweeps/cpu_budget.yaml"])
+    assert bench.profile_of(bench.parse_args(["--gpu"])) == ("gpu", [])
+    with pytest.raises(SystemExit, match="--gpu and --budget exclude each other"):
+        bench.profile_of(bench.parse_args(["--gpu", "--budget"]))
+    for path in bench.profile_of(bench.parse_args(["--budget"]))[1]:
+        assert (bench.REPO / path).exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
