@@ -91,11 +91,14 @@ def _nvidia_wheel_includes():
 
 
 def _arch_digits(arch_list):
-    """'8.0;9.0+PTX' -> '80,90' for the compiled-in build report (no shell-sensitive characters)."""
+    """'8.0;9.0a;10.0f+PTX' -> '80,90,100' for the compiled-in build report: the integer major and minor of each
+    entry, without a feature suffix ('a', 'f') or '+PTX', which would not be integer literals in C++."""
     digits = []
-    for arch in re.split(r"[;\s]+", arch_list.strip()):
-        if arch:
-            digits.append(arch.split("+")[0].replace(".", ""))
+    for arch in filter(None, re.split(r"[;\s]+", arch_list.strip())):
+        match = re.match(r"(\d+)\.(\d)", arch)
+        if match is None:
+            sys.exit(f"TORCH_CUDA_ARCH_LIST entry {arch!r} is not of the form MAJOR.MINOR[a|f][+PTX]")
+        digits.append(match.group(1) + match.group(2))
     return ",".join(digits)
 
 

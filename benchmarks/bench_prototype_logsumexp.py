@@ -39,7 +39,7 @@ def straightforward(embeddings, prototypes, temperature, allowed, valid):
     classes = prototypes.shape[0]
     unit_f = F.normalize(embeddings, dim=1).flatten(2)
     unit_p = F.normalize(prototypes, dim=-1)
-    scores = torch.einsum("bdn,ckd->bckn", unit_f, unit_p).mean(2) / temperature  # (B, C, N)
+    scores = torch.einsum("bdn,ckd->bckn", unit_f, unit_p.to(unit_f.dtype)).mean(2) / temperature  # (B, C, N)
     exps = torch.exp(scores - 1.0 / temperature)
     possible = unpack_allowed(allowed, classes).flatten(2)
     counted = valid.flatten(1).unsqueeze(1)

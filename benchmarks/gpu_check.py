@@ -10,6 +10,8 @@ Imports torch, numpy and dsp_monai.ops only (never MONAI: the GPU machines do no
 """
 
 import argparse
+import json
+import os
 import platform
 import shutil
 import statistics
@@ -53,12 +55,39 @@ def environment() -> str:
         lines.append(f"- MONAI: not importable ({error})")
     else:
         lines.append("- MONAI: IMPORTABLE (the check is meant to run without it)")
-    from dsp_monai.ops._library import build_info
-
-    info = build_info()
-    lines.append(f"- dsp_monai._C: CUDA kernels {'yes, arch ' + ';'.join(info['cuda_archs']) if info['cuda'] else 'no'}"
-                 f", OpenMP {'yes' if info['openmp'] else 'no'}")
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True).stdout.splitlines()
+    except OSError as error:
+        version = [f"not runnable ({error})"]
+    lines.append(f"- C++ compiler (CXX or c++): {compiler}: {version[0] if version else 'no version output'}")
+    lines.append(f"- libstdc++ loaded with torch: {', '.join(_loaded_libraries('libstdc++')) or 'not found'}")
+    lines.append(f"- dsp_monai._C: {_extension_description()}")
     return "\n".join(lines)
+
+
+def _loaded_libraries(name):
+    """Paths of the shared libraries of this process whose file name starts with ``name`` (from /proc/self/maps)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return []
+    paths = {line.split()[-1] for line in maps.read_text().splitlines() if "/" in line}
+    return sorted(path for path in paths if Path(path).name.startswith(name))
+
+
+def _extension_description():
+    """The build report of dsp_monai._C, read in a child process so that a crash of the extension (seen once on the
+    GPU machine) is reported as such instead of ending the environment description."""
+    code = ("import json; from dsp_monai.ops._library import build_info; print(json.dumps(build_info()))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if child.returncode < 0:
+        return f"importing it or reading its build report CRASHED (signal {-child.returncode})"
+    if child.returncode != 0:
+        last = (child.stderr.strip().splitlines() or ["no error output"])[-1]
+        return f"could not be loaded ({last})"
+    info = json.loads(child.stdout)
+    return (f"CUDA kernels {'yes, arch ' + ';'.join(info['cuda_archs']) if info['cuda'] else 'no'}, "
+            f"OpenMP {'yes' if info['openmp'] else 'no'}")
 
 
 def cuda_median_ms(function, repeats):

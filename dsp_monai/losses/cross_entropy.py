@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 
 from .pseudo_labels import _check_threshold, filter_pseudo_labels
 
@@ -70,6 +69,10 @@ class MaskCrossEntropy:
         self.views = (view,)
         self.dice = None
         if loss == "ce_dice":
+            # MONAI is imported here, not at the top: dsp_monai.losses must import without it (the GPU check runs
+            # the loss where MONAI is not installed).
+            from monai.losses import DiceLoss
+
             self.dice = DiceLoss(include_background=True, to_onehot_y=True, softmax=True, batch=True,
                                  smooth_nr=float(dice_smooth), smooth_dr=float(dice_smooth),
                                  ignore_index=self.ignore_index)

@@ -2,7 +2,7 @@
 
 import json
 
-import torch
+import torch  # noqa: F401  (loaded before _C, whose symbols it provides)
 
 try:
     from .. import _C  # noqa: F401  (importing registers the torch.ops.dsp_monai operators)
@@ -17,4 +17,4 @@ except ImportError as error:  # pragma: no cover - depends on the installation
 def build_info() -> dict:
     """What the loaded binary contains: ``{"cpu": bool, "cuda": bool, "cuda_version": str | None,
     "cuda_archs": [str], "openmp": bool, ...}``."""
-    return json.loads(torch.ops.dsp_monai._build_info())
+    return json.loads(_C.BUILD_INFO)
