@@ -380,6 +380,51 @@ def per_class_table(results: dict, scenario: str) -> str:
     return common.table(["ACR", "method", *classes, "mean"], rows)
 
 
+SCANT_SHARE = 0.001  # a class under this share of a test split's annotated pixels is flagged in the support table
+
+
+def support_table(supports: dict) -> str:
+    """Markdown table of each class's annotated pixels in each seed's test split (the split is the seed's), flagging
+    a class that is present but under ``SCANT_SHARE`` of the split's annotated pixels: it takes a full place in the
+    mean over present classes although a handful of pixels decides its Dice.
+
+    Args:
+        supports: ``{seed: {class name: pixel count}}``.
+    """
+    seeds = sorted(supports)
+    classes = []
+    for seed in seeds:
+        classes += [name for name in supports[seed] if name not in classes]
+    rows = []
+    for name in classes:
+        cells = []
+        for seed in seeds:
+            count, total = supports[seed].get(name, 0), sum(supports[seed].values())
+            share = count / total if total else 0.0
+            flag = " (scant)" if 0 < share < SCANT_SHARE else ""
+            cells.append(f"{count} ({100 * share:.2f}%){flag}" if count else "0")
+        rows.append([name, *cells])
+    return common.table(["class", *[f"seed {seed}" for seed in seeds]], rows)
+
+
+def test_split_support(split_file: Path) -> dict:
+    """``{class name: annotated pixels}`` of the test items of a run's split file (labels read as training reads
+    them; the ignore value is not counted)."""
+    import numpy as np
+    from monai.transforms import LoadImage
+
+    from dsp_monai.data.readers import MultiFormatReader
+
+    split = _read_json(split_file)
+    names = list(split["class_names"])
+    load = LoadImage(reader=MultiFormatReader(class_names=names), image_only=True)
+    counts = np.zeros(len(names), dtype=np.int64)
+    for item in split["test"]:
+        label = np.asarray(load(item["label"])).astype(np.int64).ravel()
+        counts += np.bincount(label[(label >= 0) & (label < len(names))], minlength=len(names))
+    return {name: int(count) for name, count in zip(names, counts)}
+
+
 def share_table(results: dict, base: str = "mixed", key: str = "test") -> str:
     """Markdown table of the weak labels' own share: every method with runs in ``base`` and in ``masks`` or
     ``none``, its Dice in each, and the paired differences ``base − masks`` / ``base − none`` (same seed, same masked
@@ -522,7 +567,8 @@ def figure_paths(profile: str) -> dict:
             "figure5": REPO / "benchmarks" / f"figure5_tsne{suffix}.png"}
 
 
-def report(results: dict, profile: str, header: str, plots: dict | None = None, figures: dict | None = None) -> str:
+def report(results: dict, profile: str, header: str, plots: dict | None = None, figures: dict | None = None,
+           supports: dict | None = None) -> str:
     """The Markdown section of the study: Table 3 (mixed), Table 2 (one block per single weak type), the other
     scenarios, the weak labels' own share, then per seed, validation and per class.
 
@@ -532,6 +578,7 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
         header: the machine / settings / command paragraph.
         plots: ``{scenario: plot file name}`` to link.
         figures: ``{"figure4" | "figure5": file name}`` to link.
+        supports: ``{seed: {class: test-split pixels}}`` for the support table (:func:`support_table`).
     """
     plots, figures = plots or {}, figures or {}
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
@@ -572,6 +619,10 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
         if name in figures:
             parts.append(f"### {title}\n\n![{title}]({figures[name]})\n\n")
     parts.append("### Details\n\n")
+    if supports:
+        parts.append("Annotated pixels of each class in each seed's test split; a class marked scant (under "
+                     f"{100 * SCANT_SHARE:g}% of the split's annotated pixels) still counts fully in the mean over "
+                     "present classes:\n\n" + support_table(supports) + "\n\n")
     for scenario in scenarios:
         parts.append(f"Per-seed test mean Dice (%), `{scenario}`:\n\n" + seed_table(results, scenario) + "\n\n")
         parts.append(f"Best validation mean Dice (%), the model-selection criterion, `{scenario}`:\n\n"
@@ -816,7 +867,11 @@ def main(argv=None) -> int:
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
     plots = {s: plot_path(s, profile).name for s in scenarios}
     figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}
-    markdown = report(results, profile, header, plots, figures)
+    supports = {}
+    for key, folder in folders.items():
+        if key[-1] not in supports and (folder / "split.json").exists():
+            supports[key[-1]] = test_split_support(folder / "split.json")
+    markdown = report(results, profile, header, plots, figures, supports)
     print(markdown)
     if not args.no_write:
         for scenario in scenarios:

@@ -329,3 +329,31 @@ def test_variants_file_is_validated(bench, tmp_path):
     bad.write_text("broken: {overrides: [1, 2]}\n")
     with pytest.raises(ValueError, match="variant 'broken'"):
         bench.load_variants(str(bad))
+
+
+def test_support_table_counts_and_flags_scant_classes(bench):
+    supports = {1: {"ecs": 11, "mito": 39593, "nucleus": 960436, "mvb": 0},
+                0: {"ecs": 4000, "mito": 6000, "nucleus": 990000, "mvb": 0}}
+    assert rows_of(bench.support_table(supports)) == [
+        ["ecs", "4000 (0.40%)", "11 (0.00%) (scant)"],
+        ["mito", "6000 (0.60%)", "39593 (3.96%)"],
+        ["nucleus", "990000 (99.00%)", "960436 (96.04%)"],
+        ["mvb", "0", "0"],
+    ]
+    markdown = bench.report(dict(MIXED), "cpu", "HEADER\n\n", supports=supports)
+    assert "still counts fully in the mean over present classes" in markdown
+    assert "| class | seed 0 | seed 1 |" in markdown
+
+
+def test_test_split_support_counts_the_test_labels_without_the_ignore_value(bench, tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    labels = [np.array([[0, 0, 1], [2, 255, 2]], dtype=np.uint8), np.array([[2, 2, 2], [255, 255, 1]], dtype=np.uint8)]
+    items = []
+    for index, label in enumerate(labels):
+        Image.fromarray(label).save(tmp_path / f"label{index}.png")
+        items.append({"image": str(tmp_path / f"label{index}.png"), "label": str(tmp_path / f"label{index}.png")})
+    split = {"class_names": ["a", "b", "c"], "training": [], "validation": [], "test": items}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    assert bench.test_split_support(tmp_path / "split.json") == {"a": 2, "b": 2, "c": 5}
