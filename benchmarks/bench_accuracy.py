@@ -395,12 +395,13 @@ def support_table(supports: dict) -> str:
     classes = []
     for seed in seeds:
         classes += [name for name in supports[seed] if name not in classes]
+    totals = {seed: sum(supports[seed].values()) for seed in seeds}
     rows = []
     for name in classes:
         cells = []
         for seed in seeds:
-            count, total = supports[seed].get(name, 0), sum(supports[seed].values())
-            share = count / total if total else 0.0
+            count = supports[seed].get(name, 0)
+            share = count / totals[seed] if totals[seed] else 0.0
             flag = " (scant)" if 0 < share < SCANT_SHARE else ""
             cells.append(f"{count} ({100 * share:.2f}%){flag}" if count else "0")
         rows.append([name, *cells])

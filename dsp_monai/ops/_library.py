@@ -5,7 +5,7 @@ import json
 import torch  # noqa: F401  (loaded before _C, whose symbols it provides)
 
 try:
-    from .. import _C  # noqa: F401  (importing registers the torch.ops.dsp_monai operators)
+    from .. import _C  # importing registers the torch.ops.dsp_monai operators
 except ImportError as error:  # pragma: no cover - depends on the installation
     raise ImportError(
         "dsp_monai's compiled operators (dsp_monai._C) are not built. From the repository root run "
