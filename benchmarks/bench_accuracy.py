@@ -383,6 +383,27 @@ def per_class_table(results: dict, scenario: str) -> str:
 SCANT_SHARE = 0.001  # a class under this share of a test split's annotated pixels is flagged in the support table
 
 
+def scant_classes(support: dict) -> set[str]:
+    """The classes of one test split (``{class name: annotated pixels}``) that are present but under
+    ``SCANT_SHARE`` of its annotated pixels."""
+    total = sum(support.values())
+    return {name for name, count in support.items() if count and count / total < SCANT_SHARE}
+
+
+def mean_without(per_class: dict, leave_out: set) -> float:
+    """Mean of a run's per-class Dice over the classes present in its test split (value not None) and not in
+    ``leave_out``; NaN when none is left."""
+    values = [value for name, value in per_class.items() if value is not None and name not in leave_out]
+    return statistics.fmean(values) if values else math.nan
+
+
+def add_supported_means(results: dict, supports: dict) -> None:
+    """Give every result ``"test_supported"``: its test mean Dice without its seed's scant classes
+    (:func:`scant_classes` of ``supports[seed]``; nothing is left out for a seed without a support count)."""
+    for key, result in results.items():
+        result["test_supported"] = mean_without(result["test_per_class"], scant_classes(supports.get(key[-1], {})))
+
+
 def support_table(supports: dict) -> str:
     """Markdown table of each class's annotated pixels in each seed's test split (the split is the seed's), flagging
     a class that is present but under ``SCANT_SHARE`` of the split's annotated pixels: it takes a full place in the
@@ -396,13 +417,14 @@ def support_table(supports: dict) -> str:
     for seed in seeds:
         classes += [name for name in supports[seed] if name not in classes]
     totals = {seed: sum(supports[seed].values()) for seed in seeds}
+    scant = {seed: scant_classes(supports[seed]) for seed in seeds}
     rows = []
     for name in classes:
         cells = []
         for seed in seeds:
             count = supports[seed].get(name, 0)
             share = count / totals[seed] if totals[seed] else 0.0
-            flag = " (scant)" if 0 < share < SCANT_SHARE else ""
+            flag = " (scant)" if name in scant[seed] else ""
             cells.append(f"{count} ({100 * share:.2f}%){flag}" if count else "0")
         rows.append([name, *cells])
     return common.table(["class", *[f"seed {seed}" for seed in seeds]], rows)
@@ -571,7 +593,8 @@ def figure_paths(profile: str) -> dict:
 def report(results: dict, profile: str, header: str, plots: dict | None = None, figures: dict | None = None,
            supports: dict | None = None) -> str:
     """The Markdown section of the study: Table 3 (mixed), Table 2 (one block per single weak type), the other
-    scenarios, the weak labels' own share, then per seed, validation and per class.
+    scenarios, the weak labels' own share, the means without the scant classes (when the results carry
+    ``"test_supported"``, :func:`add_supported_means`), then per seed, validation and per class.
 
     Args:
         results: ``{(variant, scenario, method, acr, seed): result}``.
@@ -615,6 +638,14 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
             "### The weak labels' own share\n\n`mixed − masks`: what the images without masks add, with their weak"
             " labels (same masked images, same iterations); `mixed − none`: what the weak labels add over the same"
             " images unannotated.\n\n" + share + "\n\n")
+    if any("test_supported" in result for result in results.values()):
+        parts.append(
+            "### Without the scant classes\n\nThe same runs, each seed's test mean Dice taken without the classes that"
+            " are scant in its test split (support table under Details): a check that classes decided by a handful of"
+            " test pixels do not decide the comparison.\n\n")
+        for scenario in scenarios:
+            parts.append(f"`{scenario}`:\n\n" + scenario_table(results, scenario, "test_supported") + "\n\n"
+                         + paired_table(results, scenario, "test_supported") + "\n\n")
     for name, title in (("figure4", "Figure 4: test images, ground truth and predictions"),
                         ("figure5", "Figure 5: t-SNE of the DSP prototypes and pixel embeddings")):
         if name in figures:
@@ -872,6 +903,7 @@ def main(argv=None) -> int:
     for key, folder in folders.items():
         if key[-1] not in supports and (folder / "split.json").exists():
             supports[key[-1]] = test_split_support(folder / "split.json")
+    add_supported_means(results, supports)
     markdown = report(results, profile, header, plots, figures, supports)
     print(markdown)
     if not args.no_write:

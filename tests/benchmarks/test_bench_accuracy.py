@@ -357,3 +357,26 @@ def test_test_split_support_counts_the_test_labels_without_the_ignore_value(benc
     split = {"class_names": ["a", "b", "c"], "training": [], "validation": [], "test": items}
     (tmp_path / "split.json").write_text(json.dumps(split))
     assert bench.test_split_support(tmp_path / "split.json") == {"a": 2, "b": 2, "c": 5}
+
+
+def test_means_without_scant_classes_leave_out_each_seeds_own_scant_classes(bench):
+    supports = {0: {"ecs": 11, "mito": 39989, "vesicle": 0}, 1: {"ecs": 4000, "mito": 6000, "vesicle": 0}}
+    assert bench.scant_classes(supports[0]) == {"ecs"} and bench.scant_classes(supports[1]) == set()
+    results = {
+        ("v", "mixed", "unet", 32, 0): fake(0.30, per_class={"ecs": 0.0, "mito": 0.6, "vesicle": None}),
+        ("v", "mixed", "dsp", 32, 0): fake(0.40, per_class={"ecs": 0.2, "mito": 0.6, "vesicle": None}),
+        ("v", "mixed", "unet", 32, 1): fake(0.50, per_class={"ecs": 0.4, "mito": 0.6, "vesicle": None}),
+        ("v", "mixed", "dsp", 32, 1): fake(0.55, per_class={"ecs": 0.5, "mito": 0.6, "vesicle": None}),
+        ("v", "mixed", "dsp", 32, 2): fake(0.70, per_class={"ecs": 0.7, "mito": 0.7, "vesicle": None}),
+    }
+    bench.add_supported_means(results, supports)
+    supported = {key[2:]: round(result["test_supported"], 6) for key, result in results.items()}
+    # seed 0 drops ecs (scant), seed 1 keeps it, seed 2 has no support count and keeps everything
+    assert supported == {("unet", 32, 0): 0.6, ("dsp", 32, 0): 0.6, ("unet", 32, 1): 0.5, ("dsp", 32, 1): 0.55,
+                         ("dsp", 32, 2): 0.7}
+    assert math.isnan(bench.mean_without({"ecs": 0.1, "mito": None}, {"ecs"}))
+    markdown = bench.report(results, "cpu", "HEADER\n\n", supports=supports)
+    section = markdown.split("### Without the scant classes")[1].split("### Details")[0]
+    assert "| DSP − U-Net (masks only) | 2.5 ± 3.5 (2) |" in section  # pairs (0.6 - 0.6, 0.55 - 0.5)
+    assert "| DSP | 61.7 ± 7.6 (3) |" in section
+    assert "### Without the scant classes" not in bench.report(dict(MIXED), "cpu", "HEADER\n\n")
