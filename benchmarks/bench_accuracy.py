@@ -451,10 +451,12 @@ def test_split_support(split_file: Path) -> dict:
 def share_table(results: dict, base: str = "mixed", key: str = "test") -> str:
     """Markdown table of the weak labels' own share: every method with runs in ``base`` and in ``masks`` or
     ``none``, its Dice in each, and the paired differences ``base − masks`` / ``base − none`` (same seed, same masked
-    images). Empty string when there is no such method."""
+    images). A :func:`masks_only` method (the U-Net) has the same run in every scenario, so no share: it has no
+    row. Empty string when there is no such method."""
     several = len(_variants(results)) > 1
     others = [s for s in ("masks", "none") if any(k[1] == s for k in results)]
-    present = [row for row in _rows(results, base) if any(row in _rows(results, s) for s in others)]
+    present = [row for row in _rows(results, base)
+               if not masks_only(row[0]) and any(row in _rows(results, s) for s in others)]
     if not present:
         return ""
     acrs = sorted({k[3] for k in results if k[1] in (base, *others)})
