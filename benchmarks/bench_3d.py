@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,19 +39,6 @@ TRAIN_3D = "bundle/configs/train_3d.yaml"
 
 def configs_of(method: str) -> list[str]:
     return [TRAIN, f"configs/methods/{method}.yaml", TRAIN_3D]
-
-
-_EPOCH = re.compile(r"MethodTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
-
-
-def epoch_seconds(log: Path) -> dict:
-    """Epoch -> wall seconds (training and its validation) from a run's train.log; the last record of an epoch
-    counts, so a run interrupted and resumed is timed by the epochs that completed."""
-    seconds = {}
-    for match in _EPOCH.finditer(log.read_text(errors="replace") if log.exists() else ""):
-        epoch, hours, minutes, rest = match.groups()
-        seconds[int(epoch)] = 3600 * int(hours) + 60 * int(minutes) + float(rest)
-    return seconds
 
 
 def profile_sizes(profile: str) -> dict:
@@ -167,7 +153,7 @@ def main(argv=None) -> int:
             if result is None:
                 print(f"{method} seed {seed}: no finished result", flush=True)
                 continue
-            epochs = epoch_seconds(folder / "train.log")
+            epochs = acc.epoch_seconds(folder / "train.log")
             result["per_iteration"] = sum(epochs.values()) / result["iterations"] if epochs else None
             results[(method, args.acr, seed)] = result
             print(f"{method} seed {seed}: test {100 * result['test']:.1f}, {result['iterations']} iterations in "

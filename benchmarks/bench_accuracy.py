@@ -57,6 +57,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -193,6 +194,19 @@ def _call(args: list[str], log: Path) -> None:
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
         raise RuntimeError(f"command failed with exit code {result.returncode}; log: {log}\n{tail}")
+
+
+_EPOCH_TIME = re.compile(r"MethodTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+
+
+def epoch_seconds(log: Path) -> dict:
+    """``{epoch: wall seconds}`` of the trainer's epochs (iterations, validation and checkpoint) from a run's
+    ``train.log`` ({} without one). The last record of an epoch counts, so a run interrupted and resumed is timed by
+    the epochs that completed; the evaluator's own epoch records are not the trainer's."""
+    if not log.exists():
+        return {}
+    return {int(m[0]): 3600 * int(m[1]) + 60 * int(m[2]) + float(m[3])
+            for m in _EPOCH_TIME.findall(log.read_text(errors="replace"))}
 
 
 def run_settings(configs: list[str], acr: int, seed: int, overrides: dict) -> dict:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -86,17 +85,6 @@ def validation_curve(folder: Path) -> dict:
     if "val_mean_dice" not in events.Tags()["scalars"]:
         return {}
     return {int(e.step): float(e.value) for e in events.Scalars("val_mean_dice")}
-
-
-_EPOCH_TIME = re.compile(r"MethodTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
-
-
-def epoch_seconds(log: Path) -> dict:
-    """``{epoch: seconds}`` of the trainer's epochs (iterations, validation and checkpoint) from a train.log."""
-    if not log.exists():
-        return {}
-    text = log.read_text(errors="replace")
-    return {int(m[0]): 3600 * int(m[1]) + 60 * int(m[2]) + float(m[3]) for m in _EPOCH_TIME.findall(text)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -232,7 +220,7 @@ def main(argv=None) -> int:
     rows = []
     for kind, name, folder, epochs, curve in runs:
         found = plateau(curve, args.window, args.tolerance)
-        seconds = epoch_seconds(folder / "train.log")
+        seconds = bench_accuracy.epoch_seconds(folder / "train.log")
         rows.append([
             name, f"{len(curve)} / {epochs}",
             "-" if found is None else f"{100 * found['best']:.1f} (epoch {found['best_epoch']})",
@@ -246,7 +234,7 @@ def main(argv=None) -> int:
     for kind, name, folder, *_ in plan:
         if kind != "cost":
             continue
-        seconds = epoch_seconds(folder / "train.log")
+        seconds = bench_accuracy.epoch_seconds(folder / "train.log")
         if not seconds:
             costs.append([name, "-", "-", "-"])
             continue

@@ -1,5 +1,5 @@
-"""benchmarks/bench_3d.py without training: epoch times read from a resumed run's log, and the memory estimate
-against a hand count on a network small enough to count."""
+"""benchmarks/bench_3d.py without training: the profiles and the memory estimate against a hand count on a network
+small enough to count."""
 
 import json
 
@@ -11,19 +11,6 @@ from benchmark_modules import load_benchmark
 @pytest.fixture(scope="module")
 def bench():
     return load_benchmark("bench_3d")
-
-
-def test_epoch_times_of_a_resumed_run_count_each_epoch_once(bench, tmp_path):
-    log = tmp_path / "train.log"
-    prefix = "2026-11-30 11:53:43,450 - ignite.engine.engine.MethodTrainer - INFO - "
-    log.write_text(
-        f"{prefix}Epoch[1] Complete. Time taken: 00:02:21.460\n"
-        "... SupervisedEvaluator - INFO - Epoch[1] Complete. Time taken: 00:00:31.000\n"  # validation: not counted
-        f"{prefix}Epoch[2] Complete. Time taken: 00:01:00.000\n"
-        f"{prefix}Epoch[2] Complete. Time taken: 01:00:01.500\n"  # epoch 2 again after an interruption
-    )
-    assert bench.epoch_seconds(log) == {1: 141.46, 2: 3601.5}
-    assert bench.epoch_seconds(tmp_path / "missing.log") == {}
 
 
 def test_profiles_are_read_from_train_3d(bench):

@@ -312,6 +312,19 @@ def test_a_run_folder_of_other_settings_is_refused(bench, tmp_path, monkeypatch)
         "status": "skipped"}
 
 
+def test_epoch_seconds_reads_the_trainer_epochs_and_keeps_the_last_record_of_a_resumed_epoch(bench, tmp_path):
+    log = tmp_path / "train.log"
+    prefix = "2026-11-30 11:53:43,450 - ignite.engine.engine.MethodTrainer - INFO - "
+    log.write_text(
+        "2026 - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[1] Complete. Time taken: 00:00:02.956\n"
+        f"{prefix}Epoch[1] Complete. Time taken: 00:02:21.460\n"
+        f"{prefix}Epoch[2] Complete. Time taken: 00:01:00.000\n"
+        f"progress\rbar {prefix}Epoch[2] Complete. Time taken: 01:00:01.500\n"  # epoch 2 again after a resume
+    )
+    assert bench.epoch_seconds(log) == pytest.approx({1: 141.46, 2: 3601.5})
+    assert bench.epoch_seconds(tmp_path / "missing.log") == {}
+
+
 def test_reproduce_command_drops_output_only_options(bench):
     script = str(BENCH)
     argv = [script, "--acrs", "1", "32", "--root", "/tmp/x", "--report-only", "--note", "seeds 3 and 4 later",

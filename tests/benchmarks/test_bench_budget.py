@@ -35,17 +35,6 @@ def test_curve_table_has_one_row_per_epoch_and_a_dash_where_a_curve_stops(bench)
     assert lines[2:] == ["| 1 | 50 | 10.0 | 20.0 |", "| 2 | 100 | 25.0 | - |"]
 
 
-def test_epoch_seconds_reads_the_trainer_epochs_only(bench, tmp_path):
-    log = tmp_path / "train.log"
-    log.write_text(
-        "2026 - ignite.engine.engine.SupervisedEvaluator - INFO - Epoch[1] Complete. Time taken: 00:00:02.956\n"
-        "2026 - ignite.engine.engine.MethodTrainer - INFO - Epoch[1] Complete. Time taken: 00:00:09.959\n"
-        "progress\rbar 2026 - ignite.engine.engine.MethodTrainer - INFO - Epoch[2] Complete. Time taken: 01:02:03.5\n"
-    )
-    assert bench.epoch_seconds(log) == pytest.approx({1: 9.959, 2: 3723.5})
-    assert bench.epoch_seconds(tmp_path / "missing.log") == {}
-
-
 def test_validation_curve_reads_the_tensorboard_events_and_keeps_the_last_value_of_an_epoch(bench, tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
