@@ -75,31 +75,6 @@ def interleaved_medians_ms(variants, repeats):
     )
 
 
-def cuda_median_ms(function, repeats):
-    function()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        function()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end))
-    return statistics.median(times)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def run(repeats):
     generator = torch.Generator().manual_seed(0)
     geodesic_rows, euclidean_rows, cuda_rows = [], [], []
@@ -129,8 +104,8 @@ def run(repeats):
 
         if torch.cuda.is_available():
             image_gpu, seeds_gpu = image.cuda(), seeds.cuda()
-            geodesic_gpu = cuda_median_ms(lambda: geodesic_distance(image_gpu, seeds_gpu), repeats)
-            euclidean_gpu = cuda_median_ms(lambda: euclidean_distance(seeds_gpu), repeats)
+            geodesic_gpu = common.cuda_median_ms(lambda: geodesic_distance(image_gpu, seeds_gpu), repeats)
+            euclidean_gpu = common.cuda_median_ms(lambda: euclidean_distance(seeds_gpu), repeats)
             cuda_rows.append((name, geodesic_gpu, euclidean_gpu))
             print(f"cuda      {name:30s} geodesic {geodesic_gpu:8.2f} ms   euclidean {euclidean_gpu:8.2f} ms")
     return geodesic_rows, euclidean_rows, cuda_rows
@@ -142,7 +117,7 @@ def markdown(geodesic_rows, euclidean_rows, cuda_rows, command, load_before, loa
         "",
         f"Command: `{command}`",
         "",
-        f"Machine: {cpu_model()}, os.cpu_count() = {os.cpu_count()}, {platform.platform()}; "
+        f"Machine: {common.processor()}, os.cpu_count() = {os.cpu_count()}, {platform.platform()}; "
         f"Python {platform.python_version()}, torch {torch.__version__}"
         + (f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU")
         + ".",

@@ -25,16 +25,22 @@ HEADER = (
 )
 
 
-def machine() -> str:
-    """One line naming the CPU (and GPU, when used), the core count and the torch build."""
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if ":" in line:
+                key, value = (part.strip() for part in line.split(":", 1))
+                fields.setdefault(key, value)
     except OSError:
         pass
+    return fields
+
+
+def machine() -> str:
+    """One line naming the CPU (and GPU, when used), the core count and the torch build."""
+    cpu = _cpuinfo().get("model name", platform.processor() or platform.machine())
     text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name()}"
@@ -60,6 +66,21 @@ def median_time(fn, repeats: int, warmup: int = 1, sync=None) -> float:
         if sync:
             sync()
         times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cuda_median_ms(fn, repeats: int) -> float:
+    """Median milliseconds of ``fn()`` on the current CUDA stream (CUDA events) over ``repeats`` runs after one."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(begin.elapsed_time(end))
     return statistics.median(times)
 
 
@@ -114,14 +135,7 @@ def processor() -> str:
     """The processor's model name, family/model numbers and vector extensions (from /proc/cpuinfo), and the CPU
     capability torch dispatches to, e.g. ``AMD EPYC (family 25, model 17); vector: avx2 fma avx512f ...; torch
     capability AVX512``."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if ":" in line:
-                key, value = (part.strip() for part in line.split(":", 1))
-                fields.setdefault(key, value)
-    except OSError:
-        pass
+    fields = _cpuinfo()
     name = fields.get("model name", platform.processor() or platform.machine())
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -90,20 +89,6 @@ def _extension_description():
             f"OpenMP {'yes' if info['openmp'] else 'no'}")
 
 
-def cuda_median_ms(function, repeats):
-    function()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        function()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(begin.elapsed_time(end))
-    return statistics.median(times)
-
-
 def geodesic(repeats: int) -> str:
     if not torch.cuda.is_available():
         return "Skipped: no GPU visible to torch on this machine."
@@ -121,8 +106,8 @@ def geodesic(repeats: int) -> str:
         seeds = seeds.view(batch, maps, *shape)
         image_gpu, seeds_gpu = image.cuda(), seeds.cuda()
         start = time.perf_counter()
-        geodesic_ms = cuda_median_ms(lambda: geodesic_distance(image_gpu, seeds_gpu), repeats)
-        euclidean_ms = cuda_median_ms(lambda: euclidean_distance(seeds_gpu), repeats)
+        geodesic_ms = common.cuda_median_ms(lambda: geodesic_distance(image_gpu, seeds_gpu), repeats)
+        euclidean_ms = common.cuda_median_ms(lambda: euclidean_distance(seeds_gpu), repeats)
         # one CPU run of the same maps: the speed-up, and a last agreement check at this size
         cpu_start = time.perf_counter()
         cpu = geodesic_distance(image, seeds)

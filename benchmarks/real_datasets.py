@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import numpy as np

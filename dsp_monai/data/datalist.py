@@ -70,6 +70,7 @@ from dsp_monai.annotations.vocabulary import (
     parse_boxes,
     parse_points,
 )
+from dsp_monai.data.files import write_json
 
 __all__ = [
     "DatalistError",
@@ -843,10 +844,4 @@ def save_datalist(
             written.append(item)
         content[name] = written
     validate_datalist(content, base_dir, source=path, check_files=check_files, extra_keys=extra_keys)
-    os.makedirs(base_dir, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=1)
-        handle.write("\n")
-    os.replace(temporary, path)
-    return path
+    return write_json(path, content)

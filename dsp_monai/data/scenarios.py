@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dsp_monai.annotations.vocabulary import ANNOTATION_TYPE, ANNOTATION_TYPES, SUBVOLUME, WEAK_TYPES
+from dsp_monai.data.files import write_json
 
 __all__ = [
     "PARTS",
@@ -421,16 +422,7 @@ def save_scenario(scenario: Scenario, path: str | os.PathLike) -> str:
                         f"{part} item {index} key {key!r} holds a {type(value).__name__}, which a JSON split file "
                         f"cannot store; keep file paths or ids in the datalist items, not arrays."
                     ) from error
-    path = os.fspath(path)
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=1)
-        handle.write("\n")
-    os.replace(temporary, path)
-    return path
+    return write_json(path, content)
 
 
 def _old_format_error(path: str, content: object) -> ValueError:

@@ -56,6 +56,7 @@ import numpy as np
 from scipy import ndimage
 
 from dsp_monai.data.datalist import save_datalist
+from dsp_monai.data.files import write_json
 from dsp_monai.data.label_tables import (
     COSEM_LABELS,
     HELA2_CLASS_NAMES,
@@ -1061,8 +1062,7 @@ def generate_dataset(out_dir: str | os.PathLike, config: SyntheticConfig | None 
         "ignore_fraction": round(float(counts[IGNORE_INDEX] / total), 5),
         "seconds": round(time.perf_counter() - started, 2),
     }
-    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as handle:
-        json.dump({**summary, "datalist": DATALIST_NAME}, handle, indent=1)
+    write_json(os.path.join(out_dir, "stats.json"), {**summary, "datalist": DATALIST_NAME})
     return summary
 
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys as Keys
 
 from dsp_monai.data.datalist import load_datalist
+from dsp_monai.data.files import write_json, write_text
 from dsp_monai.data.readers import is_zarr_path, parse_zarr_path
 from dsp_monai.engines.metrics import per_class_from_metrics
 
@@ -57,12 +57,9 @@ class TestReport:
             "mean": engine.state.metrics[self.metric_name],
             "per_class": per_class_from_metrics(engine.state.metrics, self.metric_name),
         }
-        os.makedirs(self.output_dir, exist_ok=True)
-        with open(os.path.join(self.output_dir, f"{self.name}.json"), "w") as handle:
-            json.dump({**self.extra, "images": len(engine.data_loader.dataset),
-                       "dice": summary}, handle, indent=1)
-        with open(os.path.join(self.output_dir, f"{self.name}.md"), "w") as handle:
-            handle.write(markdown_dice_table(summary, "Dice (%)"))
+        write_json(os.path.join(self.output_dir, f"{self.name}.json"),
+                   {**self.extra, "images": len(engine.data_loader.dataset), "dice": summary})
+        write_text(os.path.join(self.output_dir, f"{self.name}.md"), markdown_dice_table(summary, "Dice (%)"))
         logger.info("test mean Dice %.4f over %d classes; report in %s", summary["mean"],
                     sum(v is not None for v in summary["per_class"].values()),
                     os.path.join(self.output_dir, f"{self.name}.md"))

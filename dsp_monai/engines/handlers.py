@@ -9,13 +9,13 @@ import math
 import os
 import random
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import ValidationHandler
 
+from dsp_monai.data.files import write_json
 from dsp_monai.engines.checkpoints import saved_checkpoints
 from dsp_monai.engines.metrics import per_class_from_metrics
 
@@ -161,10 +161,7 @@ class RunSummary:
             summary["last_validation"] = last
         summary["seconds"] = previous.get("seconds", 0.0) + (time.time() - self.start)
         self.start = time.time()
-        os.makedirs(self.output_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(summary, handle, indent=1)
-        os.replace(path + ".tmp", path)
+        write_json(path, summary)
         if final and self.best is not None:
             logger.info(
                 "training finished: best validation mean Dice %.4f at epoch %d (%s)",

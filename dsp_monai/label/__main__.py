@@ -19,6 +19,8 @@ import os
 import shutil
 import sys
 
+from dsp_monai.data.files import write_text
+
 MAIN_PY = '''"""MONAI Label app folder of dsp_monai (written by python -m dsp_monai.label start_server)."""
 
 from dsp_monai.label.app import DSPLabelApp  # noqa: F401  (the server loads the MONAILabelApp subclass found here)
@@ -35,10 +37,7 @@ def prepare_app_dir(app_dir: str, model: str | None = None) -> str:
     """
     app_dir = os.path.abspath(os.path.expanduser(app_dir))
     os.makedirs(os.path.join(app_dir, "model"), exist_ok=True)
-    main_py = os.path.join(app_dir, "main.py")
-    with open(main_py + ".tmp", "w") as handle:
-        handle.write(MAIN_PY)
-    os.replace(main_py + ".tmp", main_py)
+    write_text(os.path.join(app_dir, "main.py"), MAIN_PY)
     if model:
         if not os.path.isfile(model):
             raise SystemExit(f"--model {model}: file not found")

@@ -24,6 +24,7 @@ from typing import Any
 import monai.bundle
 from monailabel.interfaces.tasks.train import TrainTask
 
+from dsp_monai.data.files import write_json
 from dsp_monai.label.datalist import write_datalist
 from dsp_monai.label.settings import AppSettings
 
@@ -123,8 +124,5 @@ class DSPTrainTask(TrainTask):
             "start_ts": int(started),
             "seconds": round(time.time() - started, 1),
         }
-        temporary = os.path.join(settings.model_dir, STATS_FILE + f".{os.getpid()}.tmp")
-        with open(temporary, "w") as handle:
-            json.dump(stats, handle, indent=1)
-        os.replace(temporary, os.path.join(settings.model_dir, STATS_FILE))
+        write_json(os.path.join(settings.model_dir, STATS_FILE), stats)
         return stats

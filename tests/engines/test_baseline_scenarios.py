@@ -6,7 +6,6 @@ import logging
 import math
 
 import pytest
-from ignite.engine import Events
 
 from test_method_regression import ROOT, first_iterations, tiny_datalist  # noqa: F401  (a pytest fixture)
 

@@ -1,7 +1,5 @@
 """prototype_logsumexp against its float64 reference, gradients, registrations, dtypes, devices and bad input."""
 
-import itertools
-
 import pytest
 import torch
 
