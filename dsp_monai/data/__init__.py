@@ -10,6 +10,8 @@ Modules:
 - :mod:`dsp_monai.data.synthetic`: the synthetic dataset and its CLI ``python -m dsp_monai.data.synthetic``;
 - :mod:`dsp_monai.data.scenarios`, :mod:`dsp_monai.data.samplers`, :mod:`dsp_monai.data.collate`: annotation
   scenarios and cross-sub-volume splits, stratified sampling, batch collation.
+- :mod:`dsp_monai.data.files`: writing JSON and text so that a reader never sees half a file (datalists, split
+  files, ``metrics.json``, ``test_metrics.json``).
 
 Names below are imported on first use, so ``import dsp_monai.data`` stays cheap (the readers pull in MONAI).
 """
