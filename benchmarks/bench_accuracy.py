@@ -68,6 +68,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from dsp_monai.data.files import write_json, write_text  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 METHOD_LABELS = {"unet": "U-Net (masks only)", "fixmatch_plf": "FixMatch + PLF", "dsp": "DSP",
                  "euclidean_branch": "Euclidean point branch", "geodesic_branch": "Geodesic point branch",
@@ -148,7 +150,7 @@ def write_overrides(folder: Path, overrides: dict) -> Path | None:
         return None
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "overrides.yaml"
-    path.write_text("".join(f"{key}: {_yaml_value(value)}\n" for key, value in overrides.items()))
+    write_text(path, "".join(f"{key}: {_yaml_value(value)}\n" for key, value in overrides.items()))
     return path
 
 
@@ -239,8 +241,8 @@ def execute(folder: Path, configs: list[str], acr: int, seed: int, overrides: di
     if _test_metrics(folder) is not None:
         return {"status": "skipped"}
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "test_metrics.json").unlink(missing_ok=True)  # half-written by an interrupted evaluation
-    (folder / "run.json").write_text(json.dumps(settings, indent=1) + "\n")
+    (folder / "test_metrics.json").unlink(missing_ok=True)  # one that does not read back
+    write_json(folder / "run.json", settings)
     extra = write_overrides(folder, overrides)
     configs = [*configs, *([str(extra)] if extra else [])]
     started = time.perf_counter()
