@@ -24,6 +24,12 @@ Resumable: a run whose ``test_metrics.json`` reads back is skipped, a run that f
 (an unreadable ``test_metrics.json`` is evaluated again), and an interrupted training resumes from its last checkpoint
 (the bundle does that). Run the same command again to continue.
 
+The study's record (``--records``, default ``benchmarks/records/<profile>``, kept in the repository): run folders
+live under ``runs/``, which another checkout does not have, so every finished run also leaves one small JSON file
+there, at the run folder's path (``<variant>/<scenario>/<method>/acr<ACR>/seed<SEED>.json``: its settings, result,
+the seed's test-split support, its median epoch time and machine). A run with a record is done: it is not trained
+again, and ``--report-only`` reports it from the record when its folder is missing, on any machine.
+
     python benchmarks/bench_accuracy.py                                   # dsp and unet, mixed, ACR 1 and 32, seeds 0-2
     python benchmarks/bench_accuracy.py --methods unet fixmatch_plf dsp --scenarios mixed boxes --acrs 1 8 32
     python benchmarks/bench_accuracy.py --variant ce_dice --set supervised_loss=ce_dice --methods unet dsp
@@ -216,20 +222,6 @@ def run_settings(configs: list[str], acr: int, seed: int, overrides: dict) -> di
     return json.loads(json.dumps({"configs": list(configs), "acr": acr, "seed": seed, "overrides": overrides}))
 
 
-def check_settings(folder: Path, settings: dict) -> None:
-    """Raises when ``folder/run.json`` records other settings than ``settings``.
-
-    Raises:
-        RuntimeError: naming the folder and both settings.
-    """
-    recorded = read_json_or_none(folder / "run.json")
-    if recorded is not None and recorded != settings:
-        raise RuntimeError(
-            f"{folder} holds a run with other settings: run.json has {recorded}, this command asks for {settings}. "
-            "Give this recipe its own --variant (or --root), or move the folder away to train it again."
-        )
-
-
 def execute(folder: Path, configs: list[str], acr: int, seed: int, overrides: dict) -> dict:
     """Trains (or resumes) and test-evaluates one run unless its test_metrics.json reads back; returns what it did.
 
@@ -252,6 +244,54 @@ def execute(folder: Path, configs: list[str], acr: int, seed: int, overrides: di
     _call(bundle_command("evaluating", [*configs, "bundle/configs/evaluate.yaml"], acr, seed, folder),
           folder / "evaluate.log")
     return {"status": "ran", "train_s": trained - started, "total_s": time.perf_counter() - started}
+
+
+def check_recorded(recorded, settings: dict, where: Path) -> None:
+    """Raises when ``recorded`` (a run's settings as its ``run.json`` or record keeps them; None: nothing recorded)
+    differs from ``settings``.
+
+    Raises:
+        RuntimeError: naming ``where`` and both settings.
+    """
+    if recorded is not None and recorded != settings:
+        raise RuntimeError(
+            f"{where} holds a run with other settings: it records {recorded}, this command asks for {settings}. "
+            "Give this recipe its own --variant (or --root and --records), or move the run away to train it again."
+        )
+
+
+def check_settings(folder: Path, settings: dict) -> None:
+    """Raises when ``folder/run.json`` records other settings than ``settings`` (:func:`check_recorded`)."""
+    check_recorded(read_json_or_none(folder / "run.json"), settings, folder)
+
+
+def record_file(records: Path, root: Path, folder: Path) -> Path:
+    """The record of the run in ``folder`` (below ``root``): the folder's path below ``records``, as a JSON file."""
+    return records / f"{folder.relative_to(root)}.json"
+
+
+def make_record(folder: Path) -> dict | None:
+    """What the study keeps of a finished run (None when it has not finished): its settings (``run.json``), its
+    result (:func:`load_result`), the annotated pixels per class of its seed's test split (None without a split
+    file), its median epoch time in seconds (None without epoch records) and the machine it was recorded on."""
+    result = load_result(folder)
+    if result is None:
+        return None
+    seconds = list(epoch_seconds(folder / "train.log").values())
+    split = folder / "split.json"
+    return {"settings": read_json_or_none(folder / "run.json"), "result": result,
+            "test_support": test_split_support(split) if split.exists() else None,
+            "epoch_seconds_median": statistics.median(seconds) if seconds else None,
+            "machine": common.machine()}
+
+
+def read_record(path: Path) -> dict | None:
+    """A run's record, or None when there is none or it does not read back as one (a mapping whose ``result`` holds
+    a test mean)."""
+    record = read_json_or_none(path)
+    if not isinstance(record, dict) or not isinstance(record.get("result"), dict):
+        return None
+    return record if isinstance(record["result"].get("test"), (int, float)) else None
 
 
 def load_result(folder: Path) -> dict | None:
@@ -319,17 +359,21 @@ def _acrs(results: dict, scenario: str) -> list[int]:
 
 
 def _values(results: dict, variant: str, scenario: str, method: str, acr: int, key: str) -> dict:
-    """``{seed: value}`` of one cell."""
-    return {k[4]: r[key] for k, r in results.items() if k[:4] == (variant, scenario, method, acr)}
+    """``{seed: value}`` of one cell (the seeds whose result has ``key``: a record recovered from an earlier report
+    holds the test mean alone)."""
+    return {k[4]: r[key] for k, r in results.items()
+            if k[:4] == (variant, scenario, method, acr) and r.get(key) is not None}
 
 
 def scenario_table(results: dict, scenario: str, key: str = "test") -> str:
     """Markdown table of one scenario: one row per method (and variant, when several), one column per ACR, cells
-    ``mean ± std (seeds)`` of ``key`` (``"test"`` or ``"val"``) in percent."""
+    ``mean ± std (seeds)`` of ``key`` (``"test"``, ``"val"`` or ``"test_supported"``) in percent; a method without
+    any value of ``key`` has no row."""
     several = len(_variants(results)) > 1
     acrs = _acrs(results, scenario)
     rows = [[_label(m, v, several), *[format_mean_std(_values(results, v, scenario, m, a, key).values())
                                       for a in acrs]] for m, v in _rows(results, scenario)]
+    rows = [row for row in rows if any(cell != "-" for cell in row[1:])]
     return common.table(["method", *[f"ACR {a}" for a in acrs]], rows)
 
 
@@ -355,7 +399,9 @@ def paired_table(results: dict, scenario: str, key: str = "test") -> str:
                     mine = _values(results, variant, scenario, method, acr, key)
                     theirs = _values(results, target, scenario, reference, acr, key)
                     cells.append(format_mean_std([mine[s] - theirs[s] for s in sorted(set(mine) & set(theirs))]))
-                rows.append([f"{_label(method, variant, several)} − {_label(reference, target, several)}", *cells])
+                if any(cell != "-" for cell in cells):
+                    rows.append([f"{_label(method, variant, several)} − {_label(reference, target, several)}",
+                                 *cells])
     return common.table(["paired difference", *[f"ACR {a}" for a in acrs]], rows) if rows else "(no pairs)"
 
 
@@ -375,24 +421,29 @@ def seed_table(results: dict, scenario: str, key: str = "test") -> str:
 
 def per_class_table(results: dict, scenario: str) -> str:
     """Markdown table of the test Dice per class of a scenario (mean over the seeds where the class is in the test
-    set; ``n/a`` where it never is) and the mean Dice."""
+    set; ``n/a`` where it never is) and the mean Dice of the same runs. Runs without per-class results (records
+    recovered from an earlier report) are left out; a row that leaves some out names how many seeds it holds."""
     several = len(_variants(results)) > 1
     classes = []
     for key, result in results.items():
         if key[1] == scenario:
-            classes += [c for c in result["test_per_class"] if c not in classes]
+            classes += [c for c in result.get("test_per_class") or {} if c not in classes]
     rows = []
     for acr in _acrs(results, scenario):
         for method, variant in _rows(results, scenario):
-            runs = [r for k, r in results.items() if k[:4] == (variant, scenario, method, acr)]
+            cell = [r for k, r in results.items() if k[:4] == (variant, scenario, method, acr)]
+            runs = [r for r in cell if r.get("test_per_class") is not None]
             if not runs:
                 continue
+            label = _label(method, variant, several)
+            if len(runs) < len(cell):
+                label += f" ({len(runs)} of {len(cell)} seeds)"
             cells = []
             for name in classes:
                 mean, _, count = mean_std([r["test_per_class"].get(name) for r in runs])
                 cells.append(f"{100 * mean:.1f}" if count else "n/a")
             mean, _, _ = mean_std([r["test"] for r in runs])
-            rows.append([acr, _label(method, variant, several), *cells, f"**{100 * mean:.1f}**"])
+            rows.append([acr, label, *cells, f"**{100 * mean:.1f}**"])
     return common.table(["ACR", "method", *classes, "mean"], rows)
 
 
@@ -414,10 +465,12 @@ def mean_without(per_class: dict, leave_out: set) -> float:
 
 
 def add_supported_means(results: dict, supports: dict) -> None:
-    """Give every result ``"test_supported"``: its test mean Dice without its seed's scant classes
+    """Give every result with per-class Dice ``"test_supported"``: its test mean Dice without its seed's scant classes
     (:func:`scant_classes` of ``supports[seed]``; nothing is left out for a seed without a support count)."""
     for key, result in results.items():
-        result["test_supported"] = mean_without(result["test_per_class"], scant_classes(supports.get(key[-1], {})))
+        if result.get("test_per_class") is not None:
+            result["test_supported"] = mean_without(result["test_per_class"],
+                                                    scant_classes(supports.get(key[-1], {})))
 
 
 def support_table(supports: dict) -> str:
@@ -632,8 +685,13 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
             text += f"\n![Dice versus ACR, {scenario}]({plots[scenario]})\n"
         return text
 
+    recovered = sorted({r["recovered"] for r in results.values() if r.get("recovered")})
     parts = [
         f"## Accuracy versus annotation compression rate ({profile})\n\n", header,
+        *(["Runs whose folders are gone are reported from records recovered from an earlier report ("
+           + "; ".join(recovered) + "): they hold the test mean alone, rounded to 0.1 %, so a mean or a paired "
+           "difference can differ by 0.1 from that report, and the tables of validation Dice, per-class Dice and "
+           "means without the scant classes hold only the other runs.\n\n"] if recovered else []),
         "Test mean Dice (%) over the classes present in the test split, of the best-validation checkpoint; mean ± "
         "sample std over seeds (number of seeds). The seed draws the cross-sub-volume split and the images that keep "
         "masks, so each seed is a different experiment and the paired rows compare methods on the same one (mean ± "
@@ -661,7 +719,7 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
             "### Without the scant classes\n\nThe same runs, each seed's test mean Dice taken without the classes that"
             " are scant in its test split (support table under Details): a check that classes decided by a handful of"
             " test pixels do not decide the comparison.\n\n")
-        for scenario in scenarios:
+        for scenario in [s for s in scenarios if any(k[1] == s and "test_supported" in r for k, r in results.items())]:
             parts.append(f"`{scenario}`:\n\n" + scenario_table(results, scenario, "test_supported") + "\n\n"
                          + paired_table(results, scenario, "test_supported") + "\n\n")
     for name, title in (("figure4", "Figure 4: test images, ground truth and predictions"),
@@ -675,10 +733,12 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
                      "present classes:\n\n" + support_table(supports) + "\n\n")
     for scenario in scenarios:
         parts.append(f"Per-seed test mean Dice (%), `{scenario}`:\n\n" + seed_table(results, scenario) + "\n\n")
-        parts.append(f"Best validation mean Dice (%), the model-selection criterion, `{scenario}`:\n\n"
-                     + scenario_table(results, scenario, "val") + "\n\n")
-        parts.append(f"Test Dice per class (%), mean over seeds, `{scenario}`:\n\n"
-                     + per_class_table(results, scenario) + "\n\n")
+        if any(k[1] == scenario and r.get("val") is not None for k, r in results.items()):
+            parts.append(f"Best validation mean Dice (%), the model-selection criterion, `{scenario}`:\n\n"
+                         + scenario_table(results, scenario, "val") + "\n\n")
+        if any(k[1] == scenario and r.get("test_per_class") is not None for k, r in results.items()):
+            parts.append(f"Test Dice per class (%), mean over seeds, `{scenario}`:\n\n"
+                         + per_class_table(results, scenario) + "\n\n")
     return "".join(parts).rstrip() + "\n"
 
 
@@ -735,6 +795,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="free text written under the command in RESULTS.md")
     parser.add_argument("--root", default=None,
                         help="output root (default: runs/study/<profile>, or runs/ablation/<profile>)")
+    parser.add_argument("--records", default=None,
+                        help="the study's record, one JSON per finished run (default: benchmarks/records/<profile>)")
     parser.add_argument("--gpu", action="store_true",
                         help="the paper-size profile of a GPU machine (needs CUDA; no CPU study overlay)")
     parser.add_argument("--budget", action="store_true",
@@ -748,7 +810,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--figures", action="store_true",
                         help="no training, no tables: Figures 4 and 5 from the finished runs of the first variant "
                              "and scenario, at the largest ACR and the first seed")
-    parser.add_argument("--no-write", action="store_true", help="print the tables, leave RESULTS.md and the plots")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print the tables, leave RESULTS.md, the plots and the records")
     return parser.parse_args(argv)
 
 
@@ -800,26 +863,27 @@ def plan_ablation(args, root: Path, configs_extra: list[str], shared: dict, vari
             for acr in args.acrs for seed in args.seeds for name, variant in variants.items()]
 
 
-def variant_settings(results: dict, folders: dict) -> str:
+def variant_settings(results: dict, folders: dict, settings: dict) -> str:
     """One line per variant of the results: its config files and overrides, as its runs recorded them.
 
     Args:
         results: ``{key: result}`` of the study.
-        folders: ``{key: run folder}``.
+        folders: ``{key: run folder}`` (its scenario level names the scenario whose settings the run has).
+        settings: ``{key: settings}`` as the run's ``run.json`` or record keeps them (None: not recorded).
     """
     lines = []
     for variant in _variants(results):
         key = next(k for k in results if k[0] == variant)
-        recorded = read_json_or_none(folders[key] / "run.json")
+        recorded = settings.get(key)
         if not isinstance(recorded, dict):
-            lines.append(f"- `{variant}`: settings not recorded (no run.json in {folders[key]})")
+            lines.append(f"- `{variant}`: settings not recorded (no run.json in {folders[key]} and no record)")
             continue
         own = SCENARIOS.get(folders[key].parents[2].name, ({}, ""))[0]  # the scenario of the folder
         shared = {k: v for k, v in (recorded.get("overrides") or {}).items()
                   if k not in own and k != "snapshot_iterations"}
         lines.append(f"- `{variant}`: configs {', '.join(recorded['configs'][2:]) or 'none'} after the "
                      f"method file" + (f"; overrides {shared}" if shared else "; no overrides"))
-    return "Variants (settings as recorded in each run's run.json):\n\n" + "\n".join(lines) + "\n\n"
+    return "Variants (settings as recorded in each run's run.json or record):\n\n" + "\n".join(lines) + "\n\n"
 
 
 def build_figures(args, root: Path, profile: str) -> int:
@@ -870,22 +934,42 @@ def main(argv=None) -> int:
     plan = (plan_ablation(args, root, configs_extra, shared, variants) if variants
             else plan_study(args, root, configs_extra, shared))
 
-    results, folders = {}, {}
+    records = Path(args.records) if args.records else REPO / "benchmarks" / "records" / profile
+    results, folders, settings, supports = {}, {}, {}, {}
     started = time.perf_counter()
     for index, (key, folder, configs, acr, seed, overrides) in enumerate(plan, 1):
         label = f"[{index}/{len(plan)}] {' '.join(str(part) for part in key[:-2])} ACR {acr} seed {seed}"
         outcome = {"status": "skipped"}
+        record = None if variants else read_record(record_file(records, root, folder))
         if not args.report_only:
-            if load_result(folder) is None:
+            if record is not None:
+                check_recorded(record.get("settings"), run_settings(configs, acr, seed, overrides),
+                               record_file(records, root, folder))
+            elif load_result(folder) is None:
                 print(f"{label}: training in {folder} ...", flush=True)
-            outcome = execute(folder, configs, acr, seed, overrides)
+            if record is None:
+                outcome = execute(folder, configs, acr, seed, overrides)
         result = load_result(folder)
+        if result is not None and not variants and (record is None or record["result"] != result):
+            if record is not None:
+                print(f"{label}: the run folder's result replaces the record's (test "
+                      f"{100 * record['result']['test']:.2f} -> {100 * result['test']:.2f} Dice)", flush=True)
+            record = make_record(folder)
+            if not args.no_write:
+                write_json(record_file(records, root, folder), record)
+        elif result is None and record is not None:
+            result = dict(record["result"], **({"recovered": record["recovered"]} if record.get("recovered") else {}))
         if result is None:
             print(f"{label}: no finished result", flush=True)
             continue
         results[key], folders[key] = result, folder
+        if record is not None:
+            settings[key] = record.get("settings")
+            if record.get("test_support") and seed not in supports:
+                supports[seed] = record["test_support"]
         timing = "" if outcome["status"] == "skipped" else f", {outcome['total_s']:.0f} s"
-        print(f"{label}: val {100 * result['val']:.1f}, test {100 * result['test']:.1f} Dice "
+        val = "-" if result.get("val") is None else f"{100 * result['val']:.1f}"
+        print(f"{label}: val {val}, test {100 * result['test']:.1f} Dice "
               f"({'done before' if outcome['status'] == 'skipped' else 'ran'}{timing}; "
               f"elapsed {time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -913,14 +997,11 @@ def main(argv=None) -> int:
             common.write_section(Path(args.ablation).stem, markdown)
         return 0
     header = (f"Machine: {common.machine()}. Profile: {profile} "
-              f"({'bundle GPU sizes' if args.gpu else ' + '.join(configs_profile)}).\n\n" + command + variant_settings(results, folders))
+              f"({'bundle GPU sizes' if args.gpu else ' + '.join(configs_profile)}).\n\n" + command
+              + variant_settings(results, folders, settings))
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
     plots = {s: plot_path(s, profile).name for s in scenarios}
     figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}
-    supports = {}
-    for key, folder in folders.items():
-        if key[-1] not in supports and (folder / "split.json").exists():
-            supports[key[-1]] = test_split_support(folder / "split.json")
     add_supported_means(results, supports)
     markdown = report(results, profile, header, plots, figures, supports)
     print(markdown)

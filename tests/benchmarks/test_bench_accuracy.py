@@ -66,8 +66,7 @@ def test_paired_differences_to_the_unet_and_to_fixmatch_plf_by_seed(bench):
         ["FixMatch + PLF − U-Net (masks only)", "-", "15.0 ± 0.0 (1)"],
         # DSP - U-Net: ACR 1 seed 0: 1; ACR 32: 20 and 5
         ["DSP − U-Net (masks only)", "1.0 ± 0.0 (1)", "12.5 ± 10.6 (2)"],
-        # FixMatch + PLF has seed 0 only; the classification branch seed 1 only: no pair
-        ["Classification branch − FixMatch + PLF", "-", "-"],
+        # FixMatch + PLF has seed 0 only; the classification branch seed 1 only: no pair, no row
         ["DSP − FixMatch + PLF", "-", "5.0 ± 0.0 (1)"],
     ]
 
@@ -212,7 +211,8 @@ def test_report_only_reads_fake_run_folders(bench, tmp_path, capsys):
         write_run(bench.run_dir(tmp_path, *key), value, value - 0.01, settings=settings)
     write_run(bench.run_dir(tmp_path, "default", "mixed", "dsp", 8, 2), None, 0.3, finished=False)  # unfinished
     assert bench.run_dir(tmp_path, "v", "tags", "dsp", 32, 1) == tmp_path / "v" / "tags" / "dsp" / "acr32" / "seed1"
-    assert bench.main(["--report-only", "--no-write", "--root", str(tmp_path), "--methods", "unet", "dsp",
+    assert bench.main(["--report-only", "--no-write", "--root", str(tmp_path), "--records", str(tmp_path / "rec"),
+                       "--methods", "unet", "dsp",
                        "--scenarios", "mixed", "boxes", "--acrs", "8", "--seeds", "0", "1", "2",
                        "--variant", "default", "dice"]) == 0
     out = capsys.readouterr().out
@@ -393,3 +393,97 @@ def test_means_without_scant_classes_leave_out_each_seeds_own_scant_classes(benc
     assert "| DSP − U-Net (masks only) | 2.5 ± 3.5 (2) |" in section  # pairs (0.6 - 0.6, 0.55 - 0.5)
     assert "| DSP | 61.7 ± 7.6 (3) |" in section
     assert "### Without the scant classes" not in bench.report(dict(MIXED), "cpu", "HEADER\n\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study's record: one JSON per finished run, kept in the repository
+# ---------------------------------------------------------------------------------------------------------------
+
+UNET_SETTINGS = {"configs": ["bundle/configs/train.yaml", "configs/methods/unet.yaml"], "acr": 32, "seed": 0,
+                 "overrides": {"weak_types": ["tags", "boxes", "points"]}}
+
+
+def study(bench, tmp_path, *extra):
+    return bench.main(["--root", str(tmp_path / "runs"), "--records", str(tmp_path / "rec"), "--methods", "unet",
+                       "--acrs", "32", "--seeds", "0", *extra])
+
+
+def test_a_finished_run_leaves_a_record_that_reports_it_when_its_folder_is_gone(bench, tmp_path, capsys,
+                                                                               monkeypatch):
+    folder = bench.run_dir(tmp_path / "runs", "default", "mixed", "unet", 32, 0)
+    write_run(folder, 0.41, 0.45, settings=UNET_SETTINGS)
+    (folder / "train.log").write_text("".join(
+        f"x - ignite.engine.engine.MethodTrainer - INFO - Epoch[{e}] Complete. Time taken: 00:00:{s}.000\n"
+        for e, s in ((1, 10), (2, 30), (3, 12))))
+    monkeypatch.setattr(bench, "_call", lambda *a: pytest.fail("a finished run must not be run again"))
+    monkeypatch.setattr(bench.common, "write_section", lambda *a: None)
+    monkeypatch.setattr(bench, "plot", lambda *a: None)
+    assert study(bench, tmp_path, "--report-only") == 0
+    path = tmp_path / "rec" / "default" / "mixed" / "unet" / "acr32" / "seed0.json"
+    assert bench.record_file(tmp_path / "rec", tmp_path / "runs", folder) == path
+    record = json.loads(path.read_text())
+    assert record["settings"] == UNET_SETTINGS and record["result"] == bench.load_result(folder)
+    assert record["epoch_seconds_median"] == 12.0 and record["test_support"] is None and record["machine"]
+    first = capsys.readouterr().out
+    for name in ("metrics.json", "test_metrics.json", "run.json", "train.log"):
+        (folder / name).unlink()
+    assert study(bench, tmp_path, "--report-only") == 0
+    second = capsys.readouterr().out
+    assert "| U-Net (masks only) | 41.0 ± 0.0 (1) |" in second and "val 45.0, test 41.0 Dice" in second
+    table = "Table 3" + first.split("Table 3")[1]
+    assert table == "Table 3" + second.split("Table 3")[1]  # the same report from the record alone
+    assert "- `default`: configs none after the method file; no overrides" in second
+
+
+def test_a_recorded_run_is_not_trained_again_and_other_settings_are_refused(bench, tmp_path, monkeypatch):
+    path = tmp_path / "rec" / "default" / "mixed" / "unet" / "acr32" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    settings = {**UNET_SETTINGS, "configs": [*UNET_SETTINGS["configs"], "configs/sweeps/cpu_study.yaml"]}
+    path.write_text(json.dumps({"settings": settings, "result": {"test": 0.5}}))
+    monkeypatch.setattr(bench, "execute", lambda *a: pytest.fail("a recorded run must not be trained again"))
+    assert study(bench, tmp_path, "--no-write") == 0
+    path.write_text(json.dumps({"settings": {**settings, "acr": 8}, "result": {"test": 0.5}}))
+    with pytest.raises(RuntimeError, match=r"seed0.json holds a run with other settings: it records .*'acr': 8"):
+        study(bench, tmp_path, "--no-write")
+    path.write_text('{"settings": {}, "result": {"test": 0.')  # a record that does not read back: no record
+    assert bench.read_record(path) is None
+    calls = []
+    monkeypatch.setattr(bench, "execute", lambda *a: calls.append(a[0]) or {"status": "ran", "total_s": 1.0})
+    assert study(bench, tmp_path, "--no-write") == 0
+    assert calls == [tmp_path / "runs" / "default" / "mixed" / "unet" / "acr32" / "seed0"]
+
+
+def test_a_run_folder_replaces_a_record_recovered_from_an_earlier_report(bench, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "rec" / "default" / "mixed" / "unet" / "acr32" / "seed0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings": UNET_SETTINGS, "result": {"test": 0.428},
+                                "recovered": "per-seed table of an earlier report"}))
+    write_run(bench.run_dir(tmp_path / "runs", "default", "mixed", "unet", 32, 0), 0.4283, 0.5,
+              settings=UNET_SETTINGS)
+    assert study(bench, tmp_path, "--report-only", "--no-write") == 0
+    assert "the run folder's result replaces the record's (test 42.80 -> 42.83 Dice)" in capsys.readouterr().out
+    assert json.loads(path.read_text())["result"] == {"test": 0.428}  # --no-write leaves the record
+    monkeypatch.setattr(bench.common, "write_section", lambda *a: None)
+    monkeypatch.setattr(bench, "plot", lambda *a: None)
+    assert study(bench, tmp_path, "--report-only") == 0
+    assert json.loads(path.read_text())["result"]["test"] == 0.4283 and "recovered" not in path.read_text()
+
+
+def test_records_with_the_test_mean_alone_are_reported_where_they_can_be(bench):
+    results = {
+        ("v", "mixed", "unet", 32, 0): {"test": 0.40},  # recovered: no validation, no per-class Dice
+        ("v", "mixed", "unet", 32, 1): fake(0.50, val=0.55, per_class={"mito": 0.5}),
+        ("v", "mixed", "dsp", 32, 0): fake(0.46, per_class={"mito": 0.46}),
+        ("v", "mixed", "dsp", 32, 1): fake(0.52, per_class={"mito": 0.52}),
+    }
+    assert rows_of(bench.scenario_table(results, "mixed")) == [["U-Net (masks only)", "45.0 ± 7.1 (2)"],
+                                                               ["DSP", "49.0 ± 4.2 (2)"]]
+    assert rows_of(bench.scenario_table(results, "mixed", "val")) == [["U-Net (masks only)", "55.0 ± 0.0 (1)"],
+                                                                      ["DSP", "49.0 ± 4.2 (2)"]]
+    assert rows_of(bench.paired_table(results, "mixed")) == [["DSP − U-Net (masks only)", "4.0 ± 2.8 (2)"]]
+    assert rows_of(bench.per_class_table(results, "mixed")) == [
+        ["32", "U-Net (masks only) (1 of 2 seeds)", "50.0", "**50.0**"], ["32", "DSP", "49.0", "**49.0**"]]
+    bench.add_supported_means(results, {})
+    assert "test_supported" not in results["v", "mixed", "unet", 32, 0]
+    section = bench.report(results, "cpu", "HEADER\n\n").split("### Without the scant classes")[1]
+    assert "| DSP − U-Net (masks only) | 2.0 ± 0.0 (1) |" in section.split("### Details")[0]
