@@ -28,7 +28,9 @@ The study's record (``--records``, default ``benchmarks/records/<profile>``, kep
 live under ``runs/``, which another checkout does not have, so every finished run also leaves one small JSON file
 there, at the run folder's path (``<variant>/<scenario>/<method>/acr<ACR>/seed<SEED>.json``: its settings, result,
 the seed's test-split support, its median epoch time and machine). A run with a record is done: it is not trained
-again, and ``--report-only`` reports it from the record when its folder is missing, on any machine.
+again, and ``--report-only`` reports it from the record when its folder is missing, on any machine. A record
+recovered from an earlier report holds the test mean alone; ``<records>/recovered_tables.md``, when present, keeps
+that report's other tables of those runs and closes the section.
 
     python benchmarks/bench_accuracy.py                                   # dsp and unet, mixed, ACR 1 and 32, seeds 0-2
     python benchmarks/bench_accuracy.py --methods unet fixmatch_plf dsp --scenarios mixed boxes --acrs 1 8 32
@@ -662,7 +664,7 @@ def figure_paths(profile: str) -> dict:
 
 
 def report(results: dict, profile: str, header: str, plots: dict | None = None, figures: dict | None = None,
-           supports: dict | None = None) -> str:
+           supports: dict | None = None, archive: str | None = None) -> str:
     """The Markdown section of the study: Table 3 (mixed), Table 2 (one block per single weak type), the other
     scenarios, the weak labels' own share, the means without the scant classes (when the results carry
     ``"test_supported"``, :func:`add_supported_means`), then per seed, validation and per class.
@@ -674,6 +676,8 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
         plots: ``{scenario: plot file name}`` to link.
         figures: ``{"figure4" | "figure5": file name}`` to link.
         supports: ``{seed: {class: test-split pixels}}`` for the support table (:func:`support_table`).
+        archive: Markdown of the tables that the recovered runs' records cannot rebuild, as the earlier report gave
+            them (``<records>/recovered_tables.md``); appended when some results are recovered.
     """
     plots, figures = plots or {}, figures or {}
     scenarios = [s for s in SCENARIOS if any(k[1] == s for k in results)]
@@ -691,7 +695,9 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
         *(["Runs whose folders are gone are reported from records recovered from an earlier report ("
            + "; ".join(recovered) + "): they hold the test mean alone, rounded to 0.1 %, so a mean or a paired "
            "difference can differ by 0.1 from that report, and the tables of validation Dice, per-class Dice and "
-           "means without the scant classes hold only the other runs.\n\n"] if recovered else []),
+           "means without the scant classes hold only the other runs"
+           + ("; the earlier report's own tables of them close this section (\"The recovered runs' other tables\")"
+              if archive else "") + ".\n\n"] if recovered else []),
         "Test mean Dice (%) over the classes present in the test split, of the best-validation checkpoint; mean ± "
         "sample std over seeds (number of seeds). The seed draws the cross-sub-volume split and the images that keep "
         "masks, so each seed is a different experiment and the paired rows compare methods on the same one (mean ± "
@@ -739,6 +745,8 @@ def report(results: dict, profile: str, header: str, plots: dict | None = None, 
         if any(k[1] == scenario and r.get("test_per_class") is not None for k, r in results.items()):
             parts.append(f"Test Dice per class (%), mean over seeds, `{scenario}`:\n\n"
                          + per_class_table(results, scenario) + "\n\n")
+    if recovered and archive:
+        parts.append("### The recovered runs' other tables\n\n" + archive.strip() + "\n")
     return "".join(parts).rstrip() + "\n"
 
 
@@ -1003,7 +1011,9 @@ def main(argv=None) -> int:
     plots = {s: plot_path(s, profile).name for s in scenarios}
     figures = {name: path.name for name, path in figure_paths(profile).items() if path.exists()}
     add_supported_means(results, supports)
-    markdown = report(results, profile, header, plots, figures, supports)
+    archive = records / "recovered_tables.md"
+    markdown = report(results, profile, header, plots, figures, supports,
+                      archive.read_text() if archive.is_file() else None)
     print(markdown)
     if not args.no_write:
         for scenario in scenarios:

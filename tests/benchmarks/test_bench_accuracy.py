@@ -487,3 +487,16 @@ def test_records_with_the_test_mean_alone_are_reported_where_they_can_be(bench):
     assert "test_supported" not in results["v", "mixed", "unet", 32, 0]
     section = bench.report(results, "cpu", "HEADER\n\n").split("### Without the scant classes")[1]
     assert "| DSP − U-Net (masks only) | 2.0 ± 0.0 (1) |" in section.split("### Details")[0]
+
+
+def test_the_recovered_runs_other_tables_close_the_section_only_when_some_runs_are_recovered(bench):
+    archive = "KEPT TABLE\n\n| a | b |\n"
+    measured = {("v", "mixed", "unet", 32, 1): fake(0.50, val=0.55, per_class={"mito": 0.5})}
+    recovered = {**measured, ("v", "mixed", "unet", 32, 0): {"test": 0.40, "recovered": "an earlier report"}}
+    markdown = bench.report(recovered, "cpu", "HEADER\n\n", archive=archive)
+    assert markdown.endswith("### The recovered runs' other tables\n\nKEPT TABLE\n\n| a | b |\n")
+    assert ("hold only the other runs; the earlier report's own tables of them close this section "
+            "(\"The recovered runs' other tables\").") in markdown
+    without = bench.report(recovered, "cpu", "HEADER\n\n")
+    assert "KEPT TABLE" not in without and "hold only the other runs.\n" in without
+    assert "KEPT TABLE" not in bench.report(measured, "cpu", "HEADER\n\n", archive=archive)
